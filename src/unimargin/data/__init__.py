@@ -1,0 +1,27 @@
+"""Dataset sources (DESIGN.md "Data"): every one returns CPU tensors in a :class:`DatasetSplits`.
+
+>>> from unimargin.data import load_dataset
+>>> ds = load_dataset("mnist1d")                      # embedded default, no download
+>>> ds = load_dataset("fashion-mnist", unknown_classes=["Bag", "Ankle boot"])  # open set
+
+Datasets: mnist1d, fashion-mnist, digits, cifar10, cifar100, folder, npz (docs/data.md).
+"""
+
+from __future__ import annotations
+
+from . import transforms
+from .registry import DatasetSplits, list_datasets, load_dataset, open_set_split, register_dataset, stratified_split_indices
+
+# importing a source registers it
+from . import mnist1d as _mnist1d  # noqa: E402,F401
+from . import fashion_mnist as _fashion_mnist  # noqa: E402,F401
+
+__all__ = [
+    "DatasetSplits",
+    "load_dataset",
+    "list_datasets",
+    "register_dataset",
+    "open_set_split",
+    "stratified_split_indices",
+    "transforms",
+]

@@ -1,0 +1,131 @@
+"""BCE heads with a unified bias (bce-u) or per-class biases (bce-d) [BCE], [UniFace]
+(SPEC §2.7, §2.8)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Head, HeadOutput, check_bool, check_real, cosine_matrix
+
+_DEFAULT_SCALE = 16.0
+_DEFAULT_MARGIN = 0.0
+
+
+def bce_loss(z: Tensor, labels: Tensor, neg_weight: float, neg_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """mean_i [softplus(−z_{i,y_i}) + λ Σ_{k≠y_i} keep_ik · softplus(z_ik)] (SPEC §2.7).
+
+    softplus is evaluated stably by PyTorch (linear beyond |z| > 20), so losses and
+    gradients stay finite for |z| ≥ 1e4. Returns (loss, pos, neg) with pos/neg the
+    per-sample means of the two parts (neg unweighted).
+    """
+    n = max(z.shape[0], 1)
+    positive = torch.zeros_like(z, dtype=torch.bool).scatter(1, labels[:, None], True)
+    pos = F.softplus(-z.gather(1, labels[:, None])).sum() / n
+    neg_terms = F.softplus(z).masked_fill(positive, 0.0)
+    if neg_mask is not None:
+        neg_terms = neg_terms * neg_mask
+    neg = neg_terms.sum() / n
+    return pos + neg_weight * neg, pos, neg
+
+
+class _BCEHead(Head):
+    """Shared implementation; subclasses fix the bias shape and the score definition."""
+
+    unified: bool = True
+
+    def __init__(self, num_classes: int, feat_dim: int, normalize: bool = False,
+                 scale: float = _DEFAULT_SCALE, margin: float = _DEFAULT_MARGIN,
+                 neg_weight: float = 1.0, neg_rate: float = 1.0, bias_init: float | None = None):
+        super().__init__(num_classes, feat_dim)
+        self.normalize = check_bool("normalize", normalize)
+        self.scale = check_real("scale", scale, low=0.0, low_open=True)
+        self.margin = check_real("margin", margin, low=0.0)
+        if not self.normalize and (self.scale != _DEFAULT_SCALE or self.margin != _DEFAULT_MARGIN):
+            raise ValueError(
+                "hyper-parameters 'scale' and 'margin' only apply when normalize=True "
+                f"(got scale={scale}, margin={margin} with normalize=False)"
+            )
+        self.neg_weight = check_real("neg_weight", neg_weight, low=0.0)
+        self.neg_rate = check_real("neg_rate", neg_rate, low=0.0, high=1.0, low_open=True)
+        if bias_init is None:
+            # SPEC §2.7: 0 unnormalized; log(10·K·r) normalized ([UniFace])
+            bias_init = math.log(10.0 * self.num_classes * self.neg_rate) if self.normalize else 0.0
+        self.bias_init = check_real("bias_init", bias_init)
+        shape = () if self.unified else (self.num_classes,)
+        self.bias = nn.Parameter(torch.empty(shape))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.reset_weight()
+        nn.init.constant_(self.bias, self.bias_init)
+
+    def no_decay_parameters(self) -> list[str]:
+        return ["bias"]  # SPEC §2.7: the (unified) threshold is not weight-decayed
+
+    def metric(self, features: Tensor) -> Tensor:
+        """a_k = w_kᵀ f, or s·cos θ_k when normalized (SPEC §2.7)."""
+        if self.normalize:
+            return self.scale * cosine_matrix(features, self.weight)
+        return F.linear(features, self.weight)
+
+    def linear_decision(self):
+        if self.normalize:
+            return None
+        b_eff = torch.zeros_like(self.weight[:, 0]) if self.unified else -self.bias
+        return self.weight, b_eff
+
+    def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:
+        if features.shape[0] == 0:
+            return self._zero_output(features, ("pos", "neg"))
+        a = self.metric(features)
+        logits = a - self.bias  # margin-free: what prediction uses
+        z = logits
+        if self.normalize and self.margin:
+            z = z.scatter(1, labels[:, None], z.gather(1, labels[:, None]) - self.scale * self.margin)
+        neg_mask = None
+        if self.training and self.neg_rate < 1.0:
+            neg_mask = (torch.rand_like(z) < self.neg_rate).to(z.dtype)
+        loss, pos, neg = bce_loss(z, labels, self.neg_weight, neg_mask)
+        return HeadOutput(loss, logits, {"pos": pos.detach(), "neg": neg.detach()})
+
+    def extra_repr(self) -> str:
+        extra = f", scale={self.scale}, margin={self.margin}" if self.normalize else ""
+        return f"{super().extra_repr()}, normalize={self.normalize}{extra}, neg_rate={self.neg_rate}"
+
+
+class BCEUnifiedHead(_BCEHead):
+    """bce-u (SPEC §2.7): z_k = a_k − b with one scalar bias b (``bias`` shape ()).
+
+    Scores S = a (bias-free); learned threshold = b: class k is accepted iff a_k > b.
+    """
+
+    name = "bce-u"
+    unified = True
+
+    def _raw_scores(self, features: Tensor) -> Tensor:
+        return self.metric(features)
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.bias.detach()
+
+
+class BCEDiverseHead(_BCEHead):
+    """bce-d (SPEC §2.8): z_k = a_k − b_k with one bias per class (``bias`` shape (K,)).
+
+    Scores S = z; the learned unified threshold is 0.
+    """
+
+    name = "bce-d"
+    unified = False
+
+    def _raw_scores(self, features: Tensor) -> Tensor:
+        return self.metric(features) - self.bias
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.bias.detach().new_zeros(())

@@ -1,0 +1,189 @@
+"""lmdl head: the large-margin discriminative loss [LMDL] (SPEC §2.6).
+
+Pure function :func:`lmdl_terms` (vectorised with index_add / gather, no loop over classes
+or samples) + the stateful :class:`LMDLHead` that owns W, b and the momentum centroids.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import distributed as udist
+from .base import Head, HeadOutput, check_bool, check_real, cross_entropy_mean, safe_norm
+
+AGGREGATIONS = ("max", "mean")
+
+
+class LMDLTerms(NamedTuple):
+    compact: Tensor         # L_compact (scalar)
+    margin: Tensor          # L_margin (scalar)
+    reg: Tensor             # L_reg (scalar)
+    present: Tensor         # (P,) long: classes present in the (global) batch
+    new_centroids: Tensor   # (P, d) detached momentum centroids m_c of those classes
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+def lmdl_terms(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    centroids: Tensor,
+    seen: Tensor,
+    *,
+    delta_v: float,
+    delta_d: float,
+    momentum: float,
+    aggregation: str = "max",
+    reduce: Callable[[Tensor], Tensor] = _identity,
+) -> LMDLTerms:
+    """The three discriminative terms of SPEC §2.6 for one batch.
+
+    - m̄_c = mean_{i∈B_c} f_i;  m_c = (1−μ) m̄_c + μ sg(M_c) if seen[c] else m̄_c
+    - L_compact = mean_{c∈C_B} mean_{i∈B_c} [‖f_i − m_c‖ − δ_v]₊²
+    - d_cj = ((w_c − w_j)ᵀ m̄_c + b_c − b_j) / max(‖w_c − w_j‖, 1e-12)
+      L_margin = mean_{c∈C_B} agg_{j≠c} [δ_d − d_cj]₊   (agg = max or mean)
+    - L_reg = mean_{c∈C_B} ‖m_c‖
+
+    ``reduce`` sums a tensor over data-parallel processes (differentiably); it is applied
+    to the per-class feature sums, counts and per-class sums of compactness hinges, so
+    every term equals the single-process value on the concatenated batch. The pairwise
+    distances use ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j (no P×K×d tensor).
+    """
+    num_classes, dim = weight.shape
+    stats = features.new_zeros((num_classes, dim + 1))
+    stats = stats.index_add(0, labels, torch.cat([features, features.new_ones((features.shape[0], 1))], 1))
+    stats = reduce(stats)
+    sums, counts = stats[:, :dim], stats[:, dim].detach()
+    present = (counts > 0).nonzero().squeeze(1)
+    n_present = max(present.numel(), 1)  # all-empty batch: terms are 0, not 0/0
+
+    batch_mean = sums / counts.clamp_min(1.0)[:, None]
+    history = centroids.detach().clone()  # cloned: the buffers are updated in place later
+    seen = seen.detach().clone()
+    centroid = torch.where(seen[:, None], (1.0 - momentum) * batch_mean + momentum * history, batch_mean)
+
+    # compactness: per-sample hinge, averaged per class, then over classes
+    hinge_sq = F.relu(safe_norm(features - centroid[labels]) - delta_v).pow(2)
+    hinge_per_class = reduce(features.new_zeros(num_classes).index_add(0, labels, hinge_sq))
+    compact = (hinge_per_class[present] / counts[present]).sum() / n_present
+
+    # margin: signed distance of each present batch centroid to every pairwise boundary
+    mean_p = batch_mean[present]
+    z = F.linear(mean_p, weight, bias)                                  # (P, K)
+    numer = z.gather(1, present[:, None]) - z                           # (w_c−w_j)ᵀm̄_c + b_c−b_j
+    sq_norm = (weight * weight).sum(1)
+    denom_sq = sq_norm[present][:, None] + sq_norm[None, :] - 2.0 * (weight[present] @ weight.t())
+    dist = numer / denom_sq.clamp_min(1e-24).sqrt()                     # max(‖w_c−w_j‖, 1e-12)
+    hinge = F.relu(delta_d - dist)
+    is_self = torch.zeros_like(hinge, dtype=torch.bool)
+    is_self[torch.arange(present.numel(), device=hinge.device), present] = True
+    hinge = hinge.masked_fill(is_self, 0.0)  # hinges are >= 0, so 0 never wins the max
+    if aggregation == "max":
+        per_class = hinge.amax(1) if present.numel() else hinge.new_zeros(0)
+    else:
+        per_class = hinge.sum(1) / (num_classes - 1)
+    margin = per_class.sum() / n_present
+
+    centroid_p = centroid[present]
+    reg = safe_norm(centroid_p).sum() / n_present
+    return LMDLTerms(compact, margin, reg, present, centroid_p.detach())
+
+
+class LMDLHead(Head):
+    """Loss = CE(W f + b, y) + λ (α L_compact + β L_margin + γ L_reg) (SPEC §2.6).
+
+    Hyper-parameters (DESIGN.md): ``delta_v=0.5``, ``delta_d=1.5``, ``compact_weight=1``
+    (α), ``margin_weight=1`` (β), ``reg_weight=0.001`` (γ), ``momentum=0.99`` (μ ∈ [0,1)),
+    ``disc_weight=1`` (λ), ``aggregation="max"|"mean"``, ``bias=True``. δ_d ≤ δ_v is
+    allowed (ablations) but warns: the guaranteed feature margin δ_d − δ_v is then ≤ 0.
+
+    Buffers ``centroids`` (K×d, init 0) and ``seen`` (K, bool) are persistent and updated
+    only in training mode (M_c ← m_c for the classes of the batch). In eval mode the loss
+    uses the stored centroids of seen classes but the buffers never change.
+
+    Distributed (training mode, torch.distributed initialised): class sums, counts and
+    hinge sums are all-reduced with a differentiable all-reduce, so the discriminative
+    terms and the buffers are identical on every process and equal to one process on the
+    concatenated batch; CE stays a local mean, so with equal per-process batch sizes the
+    DDP-averaged gradient equals the single-process gradient. A process whose local batch
+    is empty still joins the collectives. Eval-mode forward does no collectives (local
+    batch statistics), so it may be called on one process only.
+    """
+
+    name = "lmdl"
+
+    def __init__(self, num_classes: int, feat_dim: int, delta_v: float = 0.5, delta_d: float = 1.5,
+                 compact_weight: float = 1.0, margin_weight: float = 1.0, reg_weight: float = 0.001,
+                 momentum: float = 0.99, disc_weight: float = 1.0, aggregation: str = "max",
+                 bias: bool = True):
+        super().__init__(num_classes, feat_dim)
+        self.delta_v = check_real("delta_v", delta_v, low=0.0)
+        self.delta_d = check_real("delta_d", delta_d, low=0.0)
+        if self.delta_d <= self.delta_v:
+            warnings.warn(
+                f"lmdl: delta_d={self.delta_d} <= delta_v={self.delta_v}; the feature-space margin "
+                "delta_d - delta_v guaranteed by SPEC §2.6 is not positive",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.compact_weight = check_real("compact_weight", compact_weight, low=0.0)
+        self.margin_weight = check_real("margin_weight", margin_weight, low=0.0)
+        self.reg_weight = check_real("reg_weight", reg_weight, low=0.0)
+        self.momentum = check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.disc_weight = check_real("disc_weight", disc_weight, low=0.0)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"hyper-parameter 'aggregation' must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+        self.aggregation = aggregation
+        self.bias = nn.Parameter(torch.empty(self.num_classes)) if check_bool("bias", bias) else None
+        self.register_buffer("centroids", torch.zeros(self.num_classes, self.feat_dim))
+        self.register_buffer("seen", torch.zeros(self.num_classes, dtype=torch.bool))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.reset_weight()
+        self.reset_linear_bias()
+        self.centroids.zero_()
+        self.seen.zero_()
+
+    def _raw_scores(self, features: Tensor) -> Tensor:
+        return F.linear(features, self.weight, self.bias)
+
+    def linear_decision(self):
+        b = self.bias if self.bias is not None else self.weight.new_zeros(self.num_classes)
+        return self.weight, b
+
+    def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:
+        names = ("ce", "compact", "margin", "reg")
+        sync = self.training and udist.is_distributed()
+        if features.shape[0] == 0 and not sync:
+            return self._zero_output(features, names)
+        logits = self._raw_scores(features)
+        ce = cross_entropy_mean(logits, labels)
+        reduce = (lambda t: udist.all_reduce_sum(t, differentiable=True)) if sync else _identity
+        terms = lmdl_terms(
+            features, labels, self.weight, self.bias, self.centroids, self.seen,
+            delta_v=self.delta_v, delta_d=self.delta_d, momentum=self.momentum,
+            aggregation=self.aggregation, reduce=reduce,
+        )
+        disc = (self.compact_weight * terms.compact + self.margin_weight * terms.margin
+                + self.reg_weight * terms.reg)
+        loss = ce + self.disc_weight * disc
+        if self.training:
+            with torch.no_grad():
+                self.centroids.index_copy_(0, terms.present, terms.new_centroids.to(self.centroids.dtype))
+                self.seen.index_fill_(0, terms.present, True)
+        parts = {"ce": ce, "compact": terms.compact, "margin": terms.margin, "reg": terms.reg}
+        return HeadOutput(loss, logits, {k: v.detach() for k, v in parts.items()})
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, delta_v={self.delta_v}, delta_d={self.delta_d}, "
+                f"momentum={self.momentum}, aggregation={self.aggregation!r}")

@@ -15,6 +15,10 @@ from .registry import DatasetSplits, list_datasets, load_dataset, open_set_split
 # importing a source registers it
 from . import mnist1d as _mnist1d  # noqa: E402,F401
 from . import fashion_mnist as _fashion_mnist  # noqa: E402,F401
+from . import digits as _digits  # noqa: E402,F401
+from . import cifar as _cifar  # noqa: E402,F401
+from . import folder as _folder  # noqa: E402,F401
+from . import npz as _npz  # noqa: E402,F401
 
 __all__ = [
     "DatasetSplits",

@@ -1,0 +1,23 @@
+"""Training engine (DESIGN.md "Training engine", "Distributed"): docs/training.md.
+
+>>> from unimargin.train import TrainConfig, train
+>>> summary = train(TrainConfig(dataset="mnist1d", head="lmdl", epochs=5, out="runs/lmdl"))
+"""
+
+from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .config import TrainConfig, load_yaml, merge, resolve_config, validate_config
+from .defaults import RECOMMENDED_SETTINGS, recommended_settings
+from .engine import LoadedRun, UnimarginNet, build_net, evaluate_run, load_run, load_splits, train
+from .evaluation import compute_outputs, evaluate_outputs, metric_higher_is_better
+from .optim import build_optimizer, build_scheduler, parameter_groups
+from .seeding import capture_rng_state, epoch_generator, restore_rng_state, seed_everything
+
+__all__ = [
+    "TrainConfig", "load_yaml", "merge", "resolve_config", "validate_config",
+    "RECOMMENDED_SETTINGS", "recommended_settings",
+    "train", "load_run", "LoadedRun", "UnimarginNet", "build_net", "evaluate_run", "load_splits",
+    "compute_outputs", "evaluate_outputs", "metric_higher_is_better",
+    "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
+    "parameter_groups", "build_optimizer", "build_scheduler",
+    "seed_everything", "epoch_generator", "capture_rng_state", "restore_rng_state",
+]

@@ -1,0 +1,249 @@
+"""Training configuration: one flat dataclass, YAML load/merge, validation.
+
+Precedence (lowest to highest): dataclass defaults < the head's recommended optimiser
+settings (``defaults.py``, only for optimiser fields left ``None``) < a YAML file <
+command-line flags. :func:`resolve_config` fills the ``None`` optimiser fields and checks
+every value; the resolved dict is what ``config.yaml`` in the run directory holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "multistep", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Optimiser fields that default to the head's recommended settings when left None.
+OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+                    "warmup_epochs")
+
+# Fields that define *what* is trained; a resumed run must agree on all of them.
+IDENTITY_FIELDS = ("dataset", "data_dir", "unknown_classes", "model", "feat_dim", "head",
+                   "head_params", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+                   "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs",
+                   "grad_clip", "seed", "normalize_input", "augment", "limit_train",
+                   "limit_test", "bf16", "sync_bn")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (DESIGN.md "Training engine").
+
+    Optimiser fields left ``None`` take the head's recommended settings
+    (:func:`unimargin.train.recommended_settings`). ``batch_size`` is the *global* batch:
+    under torchrun each of P processes gets a contiguous 1/P share of every batch.
+    """
+
+    # data
+    dataset: str = "mnist1d"
+    data_dir: str | None = None
+    unknown_classes: list | None = None
+    limit_train: int | None = None  # first N training samples (after the seeded split)
+    limit_test: int | None = None
+    normalize_input: bool = True  # standardise with training-set channel statistics
+    augment: bool | None = None  # None = the dataset's default augmentation
+    # model
+    model: str | None = None  # None = unimargin.models.default_model(dataset)
+    feat_dim: int = 64
+    head: str = "softmax"
+    head_params: dict = field(default_factory=dict)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under torchrun
+    # optimisation (None = recommended_settings(head))
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    milestones: list | None = None  # epochs, for schedule "multistep"
+    gamma: float = 0.1  # multistep factor
+    warmup_epochs: float | None = None
+    grad_clip: float | None = None  # max global gradient L2 norm; None = off
+    bf16: bool = False  # autocast the backbone to bfloat16; head maths stays float32
+    # divergence guard (SPEC-independent engine safety limits)
+    max_feature_norm: float = 1e4
+    max_score: float = 1e6
+    # run
+    seed: int = 0
+    out: str = "runs/train"
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    device: str = "auto"
+    eval_batch_size: int = 1024
+    num_threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a mapping; unknown keys raise ValueError naming them and ``source``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of option: value, got "
+                             f"{type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {unknown}; valid options: "
+                             f"{sorted(names)}")
+        return cls(**{k: v for k, v in data.items()})
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; unreadable or invalid files raise ValueError naming the file."""
+    try:
+        import yaml
+    except ImportError as exc:  # optional extra "config"
+        raise ValueError("reading YAML configs needs pyyaml: pip install 'unimargin[config]'"
+                         ) from exc
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r}: expected a mapping of option: value at the "
+                         f"top level, got {type(data).__name__}")
+    # Accept dashed keys as written on the command line.
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``data`` as YAML atomically (temp file + rename)."""
+    import yaml
+
+    from .checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def merge(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """Later mappings win; ``None`` values in an override mean "not given"."""
+    out = dict(base)
+    for ov in overrides:
+        out.update({k: v for k, v in ov.items() if v is not None})
+    return out
+
+
+def _check_number(name, value, *, integer=False, minimum=None, strict=False, maximum=None,
+                  allow_none=False):
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(f"{name}: a value is required")
+    ok_type = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        rel = ">" if strict else ">="
+        raise ValueError(f"{name}: expected {rel} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected <= {maximum}, got {value!r}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check types and ranges of every field (names are checked by :func:`resolve_config`)."""
+    for name in ("dataset", "head", "out"):
+        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
+            raise ValueError(f"{name}: expected a non-empty string, got {getattr(cfg, name)!r}")
+    if cfg.model is not None and not isinstance(cfg.model, str):
+        raise ValueError(f"model: expected a string, got {cfg.model!r}")
+    if not isinstance(cfg.head_params, dict):
+        raise ValueError(f"head_params: expected a mapping, got {cfg.head_params!r}")
+    _check_number("epochs", cfg.epochs, integer=True, minimum=1)
+    _check_number("batch_size", cfg.batch_size, integer=True, minimum=1)
+    _check_number("eval_batch_size", cfg.eval_batch_size, integer=True, minimum=1)
+    _check_number("feat_dim", cfg.feat_dim, integer=True, minimum=1)
+    _check_number("seed", cfg.seed, integer=True, minimum=0)
+    _check_number("limit_train", cfg.limit_train, integer=True, minimum=1, allow_none=True)
+    _check_number("limit_test", cfg.limit_test, integer=True, minimum=1, allow_none=True)
+    _check_number("num_threads", cfg.num_threads, integer=True, minimum=1, allow_none=True)
+    _check_number("lr", cfg.lr, minimum=0, strict=True, allow_none=True)
+    _check_number("momentum", cfg.momentum, minimum=0, maximum=0.9999, allow_none=True)
+    _check_number("weight_decay", cfg.weight_decay, minimum=0, allow_none=True)
+    _check_number("warmup_epochs", cfg.warmup_epochs, minimum=0, allow_none=True)
+    _check_number("gamma", cfg.gamma, minimum=0, strict=True, maximum=1)
+    _check_number("grad_clip", cfg.grad_clip, minimum=0, strict=True, allow_none=True)
+    _check_number("max_feature_norm", cfg.max_feature_norm, minimum=0, strict=True)
+    _check_number("max_score", cfg.max_score, minimum=0, strict=True)
+    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {list(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.device not in DEVICES:
+        raise ValueError(f"device: expected one of {list(DEVICES)}, got {cfg.device!r}")
+    for name in ("resume", "overwrite", "quiet", "bf16", "sync_bn", "normalize_input"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}: expected true/false, got {getattr(cfg, name)!r}")
+    for name in ("nesterov", "augment"):
+        if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}: expected true/false, got {getattr(cfg, name)!r}")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume and overwrite are mutually exclusive")
+    if cfg.milestones is not None:
+        if (not isinstance(cfg.milestones, (list, tuple))
+                or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0
+                           for m in cfg.milestones)):
+            raise ValueError(f"milestones: expected a list of positive epoch numbers, got "
+                             f"{cfg.milestones!r}")
+    if cfg.unknown_classes is not None and not isinstance(cfg.unknown_classes, (list, tuple)):
+        raise ValueError(f"unknown_classes: expected a list of class names or indices, got "
+                         f"{cfg.unknown_classes!r}")
+
+
+def _check_name(kind: str, name: str, valid) -> None:
+    valid = list(valid)
+    if name not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Return a copy with the model and optimiser defaults filled in and every value checked.
+
+    Unknown dataset / model / head names raise ValueError listing the valid names.
+    """
+    from .defaults import recommended_settings
+
+    cfg = dataclasses.replace(cfg, head_params=dict(cfg.head_params or {}))
+    validate_config(cfg)
+    from unimargin.heads import list_heads
+
+    _check_name("head", cfg.head, list_heads())
+    from unimargin.data import list_datasets
+
+    _check_name("dataset", cfg.dataset, list_datasets())
+    from unimargin.models import default_model, list_models
+
+    if cfg.model is None:
+        cfg.model = default_model(cfg.dataset)
+    _check_name("model", cfg.model, list_models())
+    rec = recommended_settings(cfg.head)
+    for name in OPTIMIZER_FIELDS:
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, rec[name])
+    if cfg.schedule == "multistep" and not cfg.milestones:
+        # Same shape as the [LMDL] recipe (60/120/160 of 200): 30%, 60%, 80% of the run.
+        cfg.milestones = sorted({max(1, round(cfg.epochs * f)) for f in (0.3, 0.6, 0.8)})
+    validate_config(cfg)
+    return cfg

@@ -1,0 +1,572 @@
+"""The training engine: fit / evaluate loop, checkpoints, resume, torchrun, divergence guard.
+
+DESIGN.md "Training engine" and "Distributed". One ``nn.Module`` (:class:`UnimarginNet`)
+holds input standardisation, backbone and head, so DistributedDataParallel wraps all of
+them and head parameters (e.g. the bce-u bias) are synchronised like any other.
+
+Reproducibility: the data order of epoch e is ``randperm(N, epoch_generator(seed, e))``,
+a pure function of (seed, e); everything else that is random (model init, dropout) uses
+the global generators, whose states are saved in every checkpoint. On CPU a run resumed
+from the checkpoint of epoch k therefore ends bitwise identical to the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from unimargin import distributed as udist
+
+from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .config import IDENTITY_FIELDS, TrainConfig, resolve_config, save_yaml
+from .evaluation import compute_outputs, evaluate_outputs
+from .optim import build_optimizer, build_scheduler, parameter_groups
+from .seeding import (STREAM_AUGMENT, capture_rng_state, epoch_generator, restore_rng_state,
+                      seed_everything)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT_DIR)
+
+# Test hook: SIGKILL this process right after the checkpoint of this epoch is written.
+_KILL_AFTER_EPOCH_ENV = "UNIMARGIN_TEST_KILL_AFTER_EPOCH"
+
+
+class Diverged(Exception):
+    """Raised inside the loop when training diverged; carries where and why."""
+
+    def __init__(self, message: str, *, epoch: int, step: int | None, term: str):
+        super().__init__(message)
+        self.epoch, self.step, self.term = epoch, step, term
+
+
+# --------------------------------------------------------------------------- the module
+class UnimarginNet(nn.Module):
+    """Input standardisation + backbone + head as one module.
+
+    ``forward(x)`` returns features; ``forward(x, labels)`` returns
+    ``(features, HeadOutput)`` — or ``(features, None)`` when the divergence guard found
+    non-finite or exploding features (checked *before* the head, whose input validation
+    would otherwise raise, and agreed on by all processes so none hangs in a collective).
+    With ``bf16=True`` the backbone runs under bfloat16 autocast; features are cast back
+    to float32 and the head's loss maths runs in float32 (the head disables autocast).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None, bf16: bool = False,
+                 max_feature_norm: float = math.inf):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("input_mean", None if mean is None else mean.clone().float())
+        self.register_buffer("input_std", None if std is None else std.clone().float())
+        self.bf16 = bool(bf16)
+        self.max_feature_norm = float(max_feature_norm)
+        self.last_feature_norm = 0.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_mean is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            x = (x - self.input_mean.view(shape)) / self.input_std.view(shape)
+        if self.bf16:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                f = self.backbone(x)
+        else:
+            f = self.backbone(x)
+        return f.float()
+
+    def feature_guard(self, f: torch.Tensor) -> bool:
+        """True when every process's features are finite and within max_feature_norm."""
+        with torch.no_grad():
+            if f.numel():
+                norm = torch.linalg.vector_norm(f.detach(), dim=1).max()
+            else:
+                norm = torch.zeros((), device=f.device)
+            norm = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, math.inf))
+            if udist.is_distributed():
+                dist.all_reduce(norm, op=dist.ReduceOp.MAX)
+            self.last_feature_norm = float(norm)
+        return self.last_feature_norm <= self.max_feature_norm
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        f = self.features(x)
+        if labels is None:
+            return f
+        if not self.feature_guard(f):
+            return f, None
+        return f, self.head(f, labels)
+
+
+def build_net(cfg: TrainConfig, in_shape, num_classes: int, mean=None, std=None,
+              build_backbone: Callable | None = None) -> UnimarginNet:
+    """Backbone (``unimargin.models.build_model`` or ``build_backbone(in_shape, feat_dim)``)
+    + head (``unimargin.heads.build_head``) for a resolved config."""
+    from unimargin.heads import build_head
+
+    if build_backbone is None:
+        from unimargin.models import build_model
+
+        backbone = build_model(cfg.model, tuple(in_shape), cfg.feat_dim)
+    else:
+        backbone = build_backbone(tuple(in_shape), cfg.feat_dim)
+    head = build_head(cfg.head, num_classes, cfg.feat_dim, **cfg.head_params)
+    return UnimarginNet(backbone, head, mean, std, bf16=cfg.bf16,
+                        max_feature_norm=cfg.max_feature_norm)
+
+
+# --------------------------------------------------------------------------- run state
+@dataclass
+class LoadedRun:
+    """A trained run loaded by :func:`load_run`: ``model`` is the UnimarginNet (eval mode;
+    ``model(x)`` gives features of raw inputs), ``head`` is ``model.head``."""
+
+    model: UnimarginNet
+    head: nn.Module
+    config: TrainConfig
+    epoch: int
+    history: list
+    classes: list = field(default_factory=list)
+    path: str = ""
+
+
+def _checkpoint_path(path: str) -> str:
+    if os.path.isdir(path):
+        return os.path.join(path, CHECKPOINT_DIR, LAST_CHECKPOINT)
+    return path
+
+
+def load_run(path: str | os.PathLike, build_backbone: Callable | None = None) -> LoadedRun:
+    """Load a run directory (its ``checkpoints/last.pt``) or a checkpoint file.
+
+    Raises ValueError naming the file when it is missing, corrupt or inconsistent.
+    """
+    ckpt_path = _checkpoint_path(os.fspath(path))
+    ckpt = load_checkpoint(ckpt_path)
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"], source=f"checkpoint {ckpt_path!r}")
+        info = ckpt["data"]
+        net = build_net(cfg, info["in_shape"], int(info["num_classes"]),
+                        mean=ckpt["model"].get("input_mean"), std=ckpt["model"].get("input_std"),
+                        build_backbone=build_backbone)
+        net.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"checkpoint {ckpt_path!r} does not match its own config: {exc}") from exc
+    net.eval()
+    return LoadedRun(model=net, head=net.head, config=cfg, epoch=int(ckpt["epoch"]),
+                     history=list(ckpt["history"]), classes=list(info.get("classes", [])),
+                     path=ckpt_path)
+
+
+def load_splits(cfg: TrainConfig):
+    """The dataset of a resolved config, with ``limit_train`` / ``limit_test`` applied."""
+    from unimargin.data import load_dataset
+
+    options = {"data_dir": cfg.data_dir, "unknown_classes": cfg.unknown_classes}
+    splits = load_dataset(cfg.dataset, **options)
+    if cfg.limit_train is not None:
+        splits.x_train, splits.y_train = splits.x_train[:cfg.limit_train], splits.y_train[:cfg.limit_train]
+    if cfg.limit_test is not None:
+        splits.x_test, splits.y_test = splits.x_test[:cfg.limit_test], splits.y_test[:cfg.limit_test]
+    return splits
+
+
+# --------------------------------------------------------------------------- helpers
+class _Log:
+    """Plain log lines on stderr (rank 0 only, silent with quiet)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _init_distributed(device_pref: str) -> bool:
+    """Initialise torch.distributed from torchrun's environment. Returns True when this
+    call created the process group (so the engine also destroys it)."""
+    if dist.is_available() and dist.is_initialized():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    use_cuda = torch.cuda.is_available() and device_pref != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def _device(pref: str) -> torch.device:
+    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but CUDA is not available")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _check_out_dir(cfg: TrainConfig) -> None:
+    """Refuse to write into a directory holding another run (unless resume/overwrite)."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"out: {cfg.out!r} exists and is not a directory")
+    if not os.path.isdir(cfg.out) or cfg.resume or cfg.overwrite:
+        return
+    present = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out, f))]
+    if present:
+        raise ValueError(f"output directory {cfg.out!r} already holds a run ({', '.join(present)}); "
+                         f"use --resume to continue it or --overwrite to replace it")
+
+
+def _clear_run_files(out: str) -> None:
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+
+
+def _write_jsonl(records: list[dict], path: str) -> None:
+    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def _append_jsonl(record: dict, path: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_json(data: dict, path: str) -> None:
+    atomic_write_bytes((json.dumps(data, indent=2) + "\n").encode("utf-8"), path)
+
+
+def _state_is_finite(module: nn.Module) -> str | None:
+    """Name of the first parameter/buffer holding NaN/Inf, or None."""
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _broadcast_buffers(module: nn.Module) -> None:
+    """Make every process hold rank 0's buffers (BN running stats drift per process
+    between DDP's per-forward broadcasts), so evaluation and checkpoints agree."""
+    if udist.is_distributed():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
+def _progress(iterable, total: int, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _check_resume_config(cfg: TrainConfig, saved: dict, path: str) -> None:
+    diffs = [f"{k}: run has {saved.get(k)!r}, requested {getattr(cfg, k)!r}"
+             for k in IDENTITY_FIELDS if saved.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise ValueError(f"cannot resume from {path!r} with a different configuration ("
+                         + "; ".join(diffs) + ")")
+
+
+# --------------------------------------------------------------------------- training
+def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
+    """Train ``cfg.head`` on ``cfg.dataset`` and write the run directory ``cfg.out``.
+
+    Returns the summary dict (also written as ``summary.json``): status ("completed" |
+    "diverged"), message, epochs_completed, runtime_s, final (flat test metrics of the
+    last good epoch), config (resolved), out. Under torchrun (WORLD_SIZE > 1) the process
+    group is initialised here (gloo on CPU, NCCL on GPU); only rank 0 writes files.
+
+    ``build_backbone(in_shape, feat_dim) -> nn.Module`` replaces the model registry (for
+    library users with their own backbone; ``load_run`` then needs the same callable).
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    cfg = resolve_config(cfg)
+    created_group = _init_distributed(cfg.device)
+    try:
+        return _train(cfg, build_backbone)
+    finally:
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, build_backbone) -> dict:
+    t_start = time.perf_counter()
+    main = udist.is_main_process()
+    rank, world = udist.rank(), udist.world_size()
+    log = _Log(main and not cfg.quiet)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    _check_out_dir(cfg)
+    device = _device(cfg.device)
+    if cfg.sync_bn and world > 1 and device.type != "cuda":
+        raise ValueError("sync_bn: SyncBatchNorm needs CUDA devices; on CPU each process "
+                         "keeps its own BatchNorm batch statistics (see docs/training.md)")
+
+    ckpt_path = os.path.join(cfg.out, CHECKPOINT_DIR, LAST_CHECKPOINT)
+    ckpt = None
+    if cfg.resume and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume_config(cfg, ckpt["config"], ckpt_path)
+
+    seed_everything(cfg.seed)
+    splits = load_splits(cfg)
+    x_train, y_train, x_test, y_test = splits.x_train, splits.y_train, splits.x_test, splits.y_test
+    if x_train.shape[0] == 0:
+        raise ValueError(f"dataset {cfg.dataset!r}: the training split is empty")
+    mean = std = None
+    if cfg.normalize_input:
+        from unimargin.data.transforms import channel_stats
+
+        mean, std = channel_stats(x_train)
+    augment = None
+    if cfg.augment is not False:
+        from unimargin.data.transforms import default_augmentation
+
+        augment = default_augmentation(cfg.dataset)
+        if cfg.augment and augment is None:
+            log(f"note: dataset {cfg.dataset!r} has no default augmentation; training without")
+
+    # Model init happens right after seeding: a function of the seed alone.
+    net = build_net(cfg, splits.in_shape, splits.num_classes, mean, std, build_backbone)
+    if cfg.sync_bn and world > 1:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.to(device)
+    head = net.head
+
+    n_train = x_train.shape[0]
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    optimizer = build_optimizer(parameter_groups(net, head, cfg.weight_decay), cfg.optimizer,
+                                cfg.lr, cfg.momentum, cfg.nesterov)
+    scheduler = build_scheduler(optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                                schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
+                                milestones=cfg.milestones, gamma=cfg.gamma)
+
+    history: list[dict] = []
+    start_epoch = 0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng_state(ckpt["rng"])
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"])
+        log(f"resuming {cfg.out} after epoch {start_epoch}")
+
+    # Saved without the one-off actions, so config.yaml can be re-run as it is.
+    resolved = dataclasses.replace(cfg, resume=False, overwrite=False).to_dict()
+    data_info = {"in_shape": list(splits.in_shape), "num_classes": splits.num_classes,
+                 "classes": list(splits.classes), "n_train": int(n_train),
+                 "n_test": int(x_test.shape[0])}
+    if main:
+        os.makedirs(os.path.join(cfg.out, CHECKPOINT_DIR), exist_ok=True)
+        if cfg.overwrite:
+            _clear_run_files(cfg.out)
+            os.makedirs(os.path.join(cfg.out, CHECKPOINT_DIR), exist_ok=True)
+        save_yaml(resolved, os.path.join(cfg.out, "config.yaml"))
+        # The checkpoint's history is authoritative: drop lines of epochs it does not hold.
+        _write_jsonl(history, os.path.join(cfg.out, "metrics.jsonl"))
+    if world > 1:
+        dist.barrier()
+
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    progress_on = main and not cfg.quiet and sys.stderr.isatty()
+    status, message, diverged_info = "completed", "", None
+    log(f"training {cfg.head} on {cfg.dataset} ({cfg.model}, feat_dim {cfg.feat_dim}) for "
+        f"{cfg.epochs} epochs: {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch_size}"
+        + (f", {world} processes" if world > 1 else ""))
+    kill_after = int(os.environ.get(_KILL_AFTER_EPOCH_ENV, "0") or 0)
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        try:
+            train_stats = _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train,
+                                       augment, epoch, steps_per_epoch, device, progress_on)
+            t_train = time.perf_counter() - t_epoch
+            _broadcast_buffers(net)
+            bad = _state_is_finite(net)
+            if bad is not None:
+                raise Diverged(f"parameter/buffer {bad!r} holds NaN/Inf after epoch {epoch}",
+                               epoch=epoch, step=None, term=bad)
+            test = _evaluate_epoch(cfg, net, x_test, y_test, epoch)
+        except Diverged as exc:
+            status, message = "diverged", str(exc)
+            diverged_info = {"epoch": exc.epoch, "step": exc.step, "term": exc.term}
+            record = {"epoch": epoch, "status": "diverged", "message": message, **diverged_info,
+                      "lr": optimizer.param_groups[0]["lr"],
+                      "time_s": time.perf_counter() - t_epoch}
+            if main:
+                _append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
+            log(f"DIVERGED: {message}. The last good checkpoint (epoch {epoch - 1}) is kept"
+                + (f" in {ckpt_path}" if epoch > 1 else "; none was written") + ".")
+            break
+        record = {
+            "epoch": epoch,
+            "status": "ok",
+            "lr": train_stats.pop("lr"),
+            "time_s": time.perf_counter() - t_epoch,
+            "train_time_s": t_train,
+            "train": train_stats,
+            "test": test,
+        }
+        history.append(record)
+        if main:
+            save_checkpoint({
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": capture_rng_state(),
+                "data_order": {"seed": cfg.seed, "next_epoch": epoch + 1,
+                               "generator": epoch_generator(cfg.seed, epoch + 1).get_state()},
+                "epoch": epoch,
+                "history": history,
+                "config": resolved,
+                "data": data_info,
+            }, ckpt_path)
+            _append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
+        if world > 1:
+            dist.barrier()
+        log(f"epoch {epoch}/{cfg.epochs}  loss {train_stats['loss']:.4f}  sw {test['sw']:.4f}  "
+            f"uni {test['uni']:.4f}  t* {test['t_star'] if test['t_star'] is None else round(test['t_star'], 4)}"
+            + (f"  b {test['learned_threshold']:.4f}  uni@b {test['uni_at_learned']:.4f}"
+               if test.get("learned_threshold") is not None and test.get("uni_at_learned") is not None
+               else "")
+            + f"  lr {record['lr']:.3g}  {record['time_s']:.1f}s")
+        if kill_after and epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    summary = {
+        "status": status,
+        "message": message or f"completed {len(history)} epochs",
+        "epochs_completed": len(history),
+        "runtime_s": time.perf_counter() - t_start,
+        "final": dict(history[-1]["test"]) if history else {},
+        "config": resolved,
+        "out": cfg.out,
+    }
+    if diverged_info is not None:
+        summary["diverged"] = diverged_info
+    if main:
+        _write_json(summary, os.path.join(cfg.out, "summary.json"))
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augment, epoch,
+                 steps_per_epoch, device, progress_on) -> dict:
+    """One pass over the training data; returns sample-weighted mean loss and terms."""
+    rank, world = udist.rank(), udist.world_size()
+    order = torch.randperm(x_train.shape[0], generator=epoch_generator(cfg.seed, epoch))
+    aug_gen = epoch_generator(cfg.seed, epoch, STREAM_AUGMENT, rank)
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    term_sums: dict[str, torch.Tensor] = {}
+    count = 0
+    lr_at_start = optimizer.param_groups[0]["lr"]
+    steps = _progress(range(steps_per_epoch), steps_per_epoch, progress_on, f"epoch {epoch}")
+    for step in steps:
+        batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        if world > 1:
+            # Contiguous 1/P share of the *global* batch: P processes together see exactly
+            # the batches one process would.
+            batch = torch.tensor_split(batch, world)[rank]
+        xb, yb = x_train[batch], y_train[batch]
+        if augment is not None:
+            xb = augment(xb, aug_gen)
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        features, out = model(xb, yb)
+        if out is None:
+            raise Diverged(f"epoch {epoch}, step {step + 1}: features are non-finite or exceed "
+                           f"max_feature_norm={cfg.max_feature_norm:g} (max norm "
+                           f"{net.last_feature_norm:.4g})", epoch=epoch, step=step + 1,
+                           term="features")
+        _loss_guard(cfg, out, epoch, step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip is not None:
+            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            if not bool(torch.isfinite(gnorm)):
+                raise Diverged(f"epoch {epoch}, step {step + 1}: the gradient norm is {float(gnorm)}",
+                               epoch=epoch, step=step + 1, term="gradient")
+        optimizer.step()
+        scheduler.step()
+        n = yb.shape[0]
+        count += n
+        loss_sum += out.loss.detach().double().cpu() * n
+        for k, v in out.terms.items():
+            term_sums[k] = term_sums.get(k, torch.zeros((), dtype=torch.float64)) + v.double().cpu() * n
+    keys = sorted(term_sums)
+    packed = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64)]
+                         + [term_sums[k] for k in keys])
+    packed = udist.all_reduce_sum(packed.to(device)).cpu()
+    total = float(packed[1])
+    return {"loss": float(packed[0]) / total,
+            "terms": {k: float(packed[2 + i]) / total for i, k in enumerate(keys)},
+            "lr": lr_at_start}
+
+
+def _loss_guard(cfg, out, epoch: int, step: int) -> None:
+    """Stop on a non-finite loss (naming the term) or exploding scores, on every process."""
+    with torch.no_grad():
+        loss_ok = torch.isfinite(out.loss.detach()).float()
+        logits = out.logits.detach()
+        smax = logits.abs().max() if logits.numel() else torch.zeros((), device=logits.device)
+        smax = torch.where(torch.isfinite(smax), smax, torch.full_like(smax, math.inf))
+        flags = torch.stack([1.0 - loss_ok, smax.float()])
+        if udist.is_distributed():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        loss_bad, smax = float(flags[0]) > 0, float(flags[1])
+    if loss_bad:
+        bad_terms = [k for k, v in out.terms.items() if not bool(torch.isfinite(v))]
+        which = ", ".join(bad_terms) if bad_terms else "loss"
+        raise Diverged(f"epoch {epoch}, step {step}: the loss is not finite (term: {which})",
+                       epoch=epoch, step=step, term=which)
+    if not smax <= cfg.max_score:
+        raise Diverged(f"epoch {epoch}, step {step}: scores exceed max_score={cfg.max_score:g} "
+                       f"(max |score| {smax:.4g})", epoch=epoch, step=step, term="scores")
+
+
+def _evaluate_epoch(cfg, net, x_test, y_test, epoch: int) -> dict:
+    features, scores = compute_outputs(net, net.head, x_test, cfg.eval_batch_size, distributed=True)
+    if not (bool(torch.isfinite(features).all()) and bool(torch.isfinite(scores).all())):
+        raise Diverged(f"epoch {epoch}: test features or scores are not finite", epoch=epoch,
+                       step=None, term="test outputs")
+    fmax = float(torch.linalg.vector_norm(features, dim=1).max()) if len(features) else 0.0
+    if fmax > cfg.max_feature_norm:
+        raise Diverged(f"epoch {epoch}: test feature norm {fmax:.4g} exceeds max_feature_norm="
+                       f"{cfg.max_feature_norm:g}", epoch=epoch, step=None, term="test features")
+    return evaluate_outputs(features, scores, y_test, net.head)
+
+
+def evaluate_run(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int = 1024) -> dict:
+    """Flat metrics (SPEC §3) of a loaded run on ``x``, ``labels``."""
+    features, scores = compute_outputs(run.model, run.head, x, batch_size)
+    return evaluate_outputs(features, scores, labels, run.head)

@@ -1,0 +1,116 @@
+"""Registry, option handling, stratified split and the open-set protocol (SPEC §3.7)."""
+
+import numpy as np
+import pytest
+import torch
+
+from unimargin.data import DatasetSplits, list_datasets, load_dataset, open_set_split, stratified_split_indices
+
+
+def _toy(k=5, per_class=(6, 3), dim=3) -> DatasetSplits:
+    g = torch.Generator().manual_seed(1)
+    y_tr = torch.arange(k).repeat_interleave(per_class[0])
+    y_te = torch.arange(k).repeat_interleave(per_class[1])
+    # x encodes the label in feature 0 so leaks are visible from x alone
+    x_tr = torch.cat([y_tr[:, None].float(), torch.randn(len(y_tr), dim - 1, generator=g)], 1)[:, None, :]
+    x_te = torch.cat([y_te[:, None].float(), torch.randn(len(y_te), dim - 1, generator=g)], 1)[:, None, :]
+    return DatasetSplits(x_tr, y_tr, x_te, y_te, [f"c{i}" for i in range(k)], name="toy")
+
+
+def test_list_datasets_has_every_source():
+    assert set(list_datasets()) == {"mnist1d", "fashion-mnist", "digits", "cifar10", "cifar100", "folder", "npz"}
+
+
+def test_unknown_dataset_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist2d'.*fashion-mnist.*mnist1d"):
+        load_dataset("mnist2d")
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match=r"does not take option\(s\) \['bogus'\].*test_fraction"):
+        load_dataset("digits", bogus=3)
+
+
+def test_none_options_mean_default():
+    a = load_dataset("digits", data_dir=None, cache_dir=None, seed=None, unknown_classes=None)
+    b = load_dataset("digits")
+    assert torch.equal(a.x_train, b.x_train) and a.x_unknown is None and a.unknown_class_names is None
+
+
+def test_properties():
+    s = _toy()
+    assert s.in_shape == (1, 3) and s.num_classes == 5
+
+
+def _reference_split_counts(y, frac):
+    counts = np.bincount(y)
+    return {c: (int(min(max(round(n * frac), 1), n - 1)) if n >= 2 else 0) for c, n in enumerate(counts)}
+
+
+@pytest.mark.parametrize("frac", [0.2, 0.25, 0.5])
+def test_stratified_split_matches_per_class_reference(frac):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 7, size=301)
+    y[:1] = 7  # a singleton class stays in train
+    tr, te = stratified_split_indices(y, frac, seed=5)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == len(y)
+    ref = _reference_split_counts(y, frac)
+    for c in range(8):  # slow per-class reference
+        assert int((y[te] == c).sum()) == ref[c]
+    tr2, te2 = stratified_split_indices(y, frac, seed=5)
+    assert np.array_equal(te, te2)
+    _, te3 = stratified_split_indices(y, frac, seed=6)
+    assert not np.array_equal(te, te3)
+
+
+def test_stratified_split_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="test_fraction"):
+        stratified_split_indices([0, 1, 0, 1], 1.0, 0)
+
+
+@pytest.mark.parametrize("held", [["c1", "c3"], [1, 3], ["1", "3"], ["c3", 1]])
+def test_open_set_split_no_leak_and_reindexes(held):
+    base = _toy()
+    s = open_set_split(base, held)
+    assert s.classes == ["c0", "c2", "c4"] and s.unknown_class_names == ["c1", "c3"]
+    orig_train = s.x_train[:, 0, 0].long()  # the original label is stored in x
+    orig_test = s.x_test[:, 0, 0].long()
+    for orig in (orig_train, orig_test):
+        assert not torch.isin(orig, torch.tensor([1, 3])).any()
+    # re-indexing: known class c2 (orig 2) -> 1, c4 -> 2
+    mapping = {0: 0, 2: 1, 4: 2}
+    assert [mapping[int(o)] for o in orig_train] == s.y_train.tolist()
+    assert [mapping[int(o)] for o in orig_test] == s.y_test.tolist()
+    # unknown samples: exactly the test samples of c1/c3, labelled by position in unknown_class_names
+    orig_unk = s.x_unknown[:, 0, 0].long()
+    assert sorted(orig_unk.tolist()) == sorted(base.y_test[(base.y_test == 1) | (base.y_test == 3)].tolist())
+    assert torch.equal(s.y_unknown, (orig_unk == 3).long())
+    assert len(s.x_train) == 18 and len(s.x_test) == 9 and len(s.x_unknown) == 6
+
+
+def test_open_set_unknown_from_train_and_test():
+    s = open_set_split(_toy(), ["c4"], unknown_from="train+test")
+    assert len(s.x_unknown) == 9 and (s.x_train[:, 0, 0] != 4).all()
+    with pytest.raises(ValueError, match="unknown_from"):
+        open_set_split(_toy(), ["c4"], unknown_from="train")
+
+
+def test_open_set_bad_requests():
+    with pytest.raises(ValueError, match="unknown_classes: 'nope'.*c0"):
+        open_set_split(_toy(), ["nope"])
+    with pytest.raises(ValueError, match="unknown_classes: 7"):
+        open_set_split(_toy(), [7])
+    with pytest.raises(ValueError, match="fewer than 2 known"):
+        open_set_split(_toy(), ["c0", "c1", "c2", "c3"])
+
+
+def test_load_dataset_open_set_on_digits():
+    full = load_dataset("digits")
+    s = load_dataset("digits", unknown_classes=["8", "9"])
+    assert s.classes == [str(i) for i in range(8)] and s.num_classes == 8
+    assert s.y_train.max() == 7 and len(s.x_train) == int((full.y_train < 8).sum())
+    assert torch.equal(s.x_unknown, full.x_test[full.y_test >= 8])
+    assert torch.equal(s.y_unknown, full.y_test[full.y_test >= 8] - 8)
+    # no image of a held-out class (train or test side) appears in the training set
+    held = torch.cat([full.x_train[full.y_train >= 8], full.x_test[full.y_test >= 8]]).flatten(1)
+    assert torch.cdist(s.x_train.flatten(1), held).min() > 0

@@ -1,0 +1,117 @@
+"""lmdl (SPEC §2.6) against the per-class loop reference, over consecutive steps."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from heads_reference import lmdl_reference_step
+from unimargin import build_head
+
+# (labels per step): first-seen classes, absent classes, a single-sample class, a repeat
+STEPS = [
+    [0, 0, 1, 1, 1, 2],
+    [1, 1, 3, 3, 2, 4],       # 0 and 5 absent, 3 and 4 first seen (4 has one sample)
+    [0, 5, 5, 1, 3, 3, 3],    # 0 seen again after a gap, 5 first seen
+    [2, 2, 2, 2],             # one-class batch
+]
+HP = dict(delta_v=0.3, delta_d=3.0, compact_weight=0.7, margin_weight=1.3, reg_weight=0.05,
+          momentum=0.6, disc_weight=0.9)
+REF_HP = dict(delta_v=0.3, delta_d=3.0, alpha=0.7, beta=1.3, gamma=0.05, mu=0.6, lam=0.9)
+
+
+def _run_steps(aggregation="max", bias=True):
+    K, d = 6, 4
+    head = build_head("lmdl", K, d, aggregation=aggregation, bias=bias, **HP).double()
+    gen = torch.Generator().manual_seed(1)
+    ref_c = torch.zeros(K, d, dtype=torch.float64)
+    ref_seen = torch.zeros(K, dtype=torch.bool)
+    for labels in STEPS:
+        y = torch.tensor(labels)
+        f = (2 * torch.randn(len(y), d, generator=gen, dtype=torch.float64)).requires_grad_()
+        out = head(f, y)
+        grads = torch.autograd.grad(out.loss, [f, *head.parameters()])
+        W = head.weight.detach().clone().requires_grad_()
+        b = head.bias.detach().clone().requires_grad_() if bias else None
+        f_ref = f.detach().clone().requires_grad_()
+        loss, terms, ref_c, ref_seen = lmdl_reference_step(
+            f_ref, y, W, b, ref_c, ref_seen, aggregation=aggregation, **REF_HP)
+        ref_grads = torch.autograd.grad(loss, [f_ref, W] + ([b] if bias else []))
+        torch.testing.assert_close(out.loss, loss, rtol=1e-10, atol=1e-12)
+        for k, v in terms.items():
+            torch.testing.assert_close(out.terms[k], v.detach(), rtol=1e-10, atol=1e-12)
+        for g, rg in zip(grads, ref_grads):
+            torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(head.centroids, ref_c, rtol=0, atol=1e-13)
+        assert torch.equal(head.seen, ref_seen)
+        with torch.no_grad():  # move the parameters so later steps see a new W, b
+            for p, g in zip(head.parameters(), grads[1:]):
+                p -= 0.3 * g
+    return head
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_matches_loop_reference_over_steps(aggregation):
+    head = _run_steps(aggregation)
+    assert head.seen.tolist() == [True] * 6
+
+
+def test_matches_loop_reference_without_bias():
+    head = _run_steps(bias=False)
+    assert head.bias is None
+
+
+def test_default_hparams_float32_close_to_float64_reference():
+    # checks the Gram-matrix form of ||w_c - w_j|| in float32 at a larger K
+    K, d, B = 30, 16, 64
+    head = build_head("lmdl", K, d)
+    head.seen[: K // 2] = True
+    head.centroids.copy_(torch.randn(K, d))
+    f = 3 * torch.randn(B, d)
+    y = torch.randint(0, K, (B,))
+    c0, s0 = head.centroids.double().clone(), head.seen.clone()
+    out = head(f, y)
+    loss, terms, ref_c, _ = lmdl_reference_step(
+        f.double(), y, head.weight.detach().double(), head.bias.detach().double(), c0, s0)
+    torch.testing.assert_close(out.loss.double(), loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.terms["margin"].double(), terms["margin"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(head.centroids.double(), ref_c, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_uses_stored_centroids_and_never_mutates():
+    K, d = 5, 3
+    head = build_head("lmdl", K, d, **HP).double()
+    head(torch.randn(8, d, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    head.eval()
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    f = torch.randn(6, d, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 4, 4, 2])  # class 4 unseen: m_4 = batch mean
+    out = head(f, y)
+    loss, _, _, _ = lmdl_reference_step(
+        f, y, head.weight.detach(), head.bias.detach(), before["centroids"], before["seen"], **REF_HP)
+    torch.testing.assert_close(out.loss, loss, rtol=1e-10, atol=1e-12)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_momentum_zero_stores_batch_means():
+    head = build_head("lmdl", 3, 2, momentum=0.0)
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, -1.0]])
+    head(f, torch.tensor([0, 0, 2]))
+    torch.testing.assert_close(head.centroids, torch.tensor([[2.0, 3.0], [0.0, 0.0], [5.0, -1.0]]))
+    assert head.seen.tolist() == [True, False, True]
+
+
+def test_gradcheck_float64():
+    K, d = 4, 3
+    head = build_head("lmdl", K, d, **HP).double().eval()
+    head.seen[:2] = True
+    head.centroids.copy_(torch.randn(K, d, dtype=torch.float64))
+    y = torch.tensor([0, 0, 1, 2, 2, 3])
+    f = (2 * torch.randn(len(y), d, dtype=torch.float64)).requires_grad_()
+    W = head.weight.detach().clone().requires_grad_()
+    b = head.bias.detach().clone().requires_grad_()
+
+    def fn(f, W, b):
+        return functional_call(head, {"weight": W, "bias": b}, (f, y)).loss
+
+    assert torch.autograd.gradcheck(fn, (f, W, b))

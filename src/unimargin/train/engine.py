@@ -140,6 +140,7 @@ class LoadedRun:
     history: list
     classes: list = field(default_factory=list)
     path: str = ""
+    in_shape: tuple = ()
 
 
 def _checkpoint_path(path: str) -> str:
@@ -167,7 +168,7 @@ def load_run(path: str | os.PathLike, build_backbone: Callable | None = None) ->
     net.eval()
     return LoadedRun(model=net, head=net.head, config=cfg, epoch=int(ckpt["epoch"]),
                      history=list(ckpt["history"]), classes=list(info.get("classes", [])),
-                     path=ckpt_path)
+                     path=ckpt_path, in_shape=tuple(info["in_shape"]))
 
 
 def load_splits(cfg: TrainConfig):
@@ -304,9 +305,11 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     cfg = resolve_config(cfg)
     created_group = _init_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, build_backbone)
     finally:
+        torch.set_num_threads(threads)
         if created_group and dist.is_initialized():
             dist.destroy_process_group()
 

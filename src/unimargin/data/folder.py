@@ -95,7 +95,7 @@ def decode_image(path: Path, size: tuple[int, int] | None, resize: str, channels
             im = im.resize((nw, nh), Image.BILINEAR)
             top, left = (nh - h) // 2, (nw - w) // 2
             im = im.crop((left, top, left + w, top + h))
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 

@@ -105,7 +105,11 @@ def best_accuracy(pos: torch.Tensor, neg: torch.Tensor):
     highest threshold (the first in descending order) is kept.
     """
     tp, fp, thr = roc_counts(pos, neg)
-    n_pos, n_neg = pos.numel(), neg.numel()
+    return best_accuracy_from_counts(tp, fp, thr, pos.numel(), neg.numel())
+
+
+def best_accuracy_from_counts(tp, fp, thr, n_pos: int, n_neg: int):
+    """:func:`best_accuracy` from the output of :func:`roc_counts` (no second sort)."""
     correct = tp + (n_neg - fp)  # exact integers, so argmax ties are real ties
     i = int(torch.argmax(correct))
     acc = int(correct[i]) / (n_pos + n_neg)

@@ -15,8 +15,8 @@ import torch
 from .. import distributed as dist_utils
 from ._checks import check_labels, check_matrix
 from .geometry import feature_geometry
-from .uniform import (UniformResult, _check_scores_labels, _positive_negative_unchecked,
-                      _separability_unchecked, _uniform_from_pn)
+from .uniform import (UniformResult, _positive_negative_unchecked, _separability_unchecked,
+                      _uniform_from_pn)
 from .verification import DEFAULT_MAX_PAIRS, open_set_rejection, verification
 
 
@@ -29,6 +29,14 @@ def _agree_on_width(local: int | None, what: str) -> int | None:
     if len(widths) > 1:
         raise ValueError(f"{what} differ between processes: {widths}")
     return widths[0] if widths else None
+
+
+def _scores_labels(scores, labels, name="scores", label_name="labels"):
+    """As the functional checks, but an empty batch is allowed (uneven DDP shards)."""
+    scores = check_matrix(scores, name, min_cols=2)
+    labels = check_labels(labels, scores.shape[0], scores.shape[1], name=label_name,
+                          data_name=name)
+    return scores, labels
 
 
 class _Meter:
@@ -83,7 +91,7 @@ class UniformAccuracy(_Meter):
         super().__init__()
 
     def update(self, scores, labels) -> None:
-        scores, labels = _check_scores_labels(scores, labels)
+        scores, labels = _scores_labels(scores, labels)
         self._check_width(scores.shape[1], "scores")
         p, n = _positive_negative_unchecked(scores, labels)
         self._append(p=p.to(torch.float64), n=n.to(torch.float64), labels=labels)
@@ -101,7 +109,7 @@ class SeparabilityAUC(_Meter):
     _fields = ("scores", "labels")
 
     def update(self, scores, labels) -> None:
-        scores, labels = _check_scores_labels(scores, labels)
+        scores, labels = _scores_labels(scores, labels)
         self._check_width(scores.shape[1], "scores")
         self._append(scores=scores.to(torch.float64), labels=labels)
 
@@ -176,7 +184,7 @@ class OpenSetRejection(_Meter):
         if known_scores is not None:
             if known_labels is None:
                 raise ValueError("known_labels is required with known_scores")
-            ks, ky = _check_scores_labels(known_scores, known_labels)
+            ks, ky = _scores_labels(known_scores, known_labels, "known_scores", "known_labels")
             self._check_width(ks.shape[1], "known_scores")
             self._append(known=ks.to(torch.float64), labels=ky)
         if unknown_scores is not None:

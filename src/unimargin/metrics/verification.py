@@ -110,8 +110,11 @@ def verification(features, labels, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int
             f"of >= 2 samples and at least 2 classes), got {genuine.numel()} genuine and "
             f"{impostor.numel()} impostor pair(s)"
         )
-    fpr, tpr, _ = _ranking.roc(genuine, impostor)
-    acc, thr = _ranking.best_accuracy(genuine, impostor)
+    tp, fp, thresholds = _ranking.roc_counts(genuine, impostor)
+    fpr = fp.to(torch.float64) / impostor.numel()
+    tpr = tp.to(torch.float64) / genuine.numel()
+    acc, thr = _ranking.best_accuracy_from_counts(tp, fp, thresholds, genuine.numel(),
+                                                  impostor.numel())
     out = {
         "roc_auc": _ranking.auc(genuine, impostor),
         "eer": _ranking.eer(fpr, tpr),

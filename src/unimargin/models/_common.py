@@ -5,9 +5,11 @@ from __future__ import annotations
 
 def check_in_shape(in_shape, ndim: int | None, model: str, min_size: int = 1) -> tuple[int, ...]:
     """Validate ``in_shape`` (one sample's shape, channels first) and return it as a tuple."""
+    if isinstance(in_shape, (str, bytes)):
+        raise ValueError(f"{model}: in_shape must be a sequence of ints, got {in_shape!r}")
     try:
         shape = tuple(int(s) for s in in_shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(f"{model}: in_shape must be a sequence of ints, got {in_shape!r}") from None
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"{model}: in_shape must be non-empty with positive sizes, got {in_shape!r}")

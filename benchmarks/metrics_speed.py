@@ -1,0 +1,135 @@
+"""Speed of the metrics relative to one plain pass over the same data (same run).
+
+- ``uniform_accuracy`` on N = 1e6 samples, K = 100 classes (float32 scores), as a ratio to
+  ``scores.max(1)`` (values + indices, one pass over the score matrix) and, for honesty,
+  also to ``scores.amax(1)`` (values only, the fastest possible pass).
+- ``verification`` on N = 1e4 features of dimension d = 128, as a ratio to one pass over
+  the features (``f.norm(dim=1)``) and to one plain N×N similarity matrix
+  (``f̂ @ f̂.T``, the cheapest way to touch every pair once). Default ``max_pairs``
+  (2e6 sampled pairs) and, once, the exact all-pairs mode (~5e7 pairs, blocked).
+
+Every candidate is timed round-robin with its references (machine load hits all alike);
+the table reports medians. Single thread (``torch.set_num_threads(1)``).
+
+    python benchmarks/metrics_speed.py            # writes benchmarks/results/metrics.md
+    python benchmarks/metrics_speed.py --quick    # small smoke run, nothing written
+
+Target (issue): uniform_accuracy <= 5x one pass (scores.max(1)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from unimargin.metrics import positive_negative, uniform_accuracy, verification
+from unimargin.metrics.uniform import _uniform_from_pn
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def round_robin(named: dict, repeats: int) -> dict:
+    times = {k: [] for k in named}
+    for fn in named.values():          # warm-up (allocator, first-touch pages)
+        fn()
+    for _ in range(repeats):
+        for k, fn in named.items():
+            times[k].append(_timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_uniform(n: int, k: int, repeats: int):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(n, k, generator=g)
+    labels = torch.randint(0, k, (n,), generator=g)
+    scores[torch.arange(n), labels] += 3.5             # a trained-classifier-like score matrix
+    p, nn_ = positive_negative(scores, labels)
+    named = {
+        "scores.max(1)": lambda: scores.max(1),
+        "scores.amax(1)": lambda: scores.amax(1),
+        "uniform_accuracy": lambda: uniform_accuracy(scores, labels),
+        "  part: positive_negative": lambda: positive_negative(scores, labels),
+        "  part: sweeps (SW/CW/Uni/t*)": lambda: _uniform_from_pn(p, nn_, labels, k),
+    }
+    t = round_robin(named, repeats)
+    res = uniform_accuracy(scores, labels)
+    return t, f"SW {res.sw:.4f}, CW {res.cw:.4f}, Uni {res.uni:.4f}, t* {res.threshold:.4f}"
+
+
+def bench_verification(n: int, d: int, k: int, repeats: int, exact: bool):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, k, (n,), generator=g)
+    feats = torch.randn(k, d, generator=g)[labels] + 2.0 * torch.randn(n, d, generator=g)
+
+    def gram():
+        fh = torch.nn.functional.normalize(feats, dim=1)
+        return fh @ fh.T
+
+    named = {
+        "features pass (f.norm(dim=1))": lambda: feats.norm(dim=1),
+        "plain N×N similarity matrix": gram,
+        "verification (max_pairs=2e6, sampled)": lambda: verification(feats, labels),
+    }
+    t = round_robin(named, repeats)
+    res = verification(feats, labels)
+    note = (f"AUC {res['roc_auc']:.4f}, EER {res['eer']:.4f}, "
+            f"{res['n_genuine']}+{res['n_impostor']} pairs")
+    if exact:
+        total = n * (n - 1) // 2
+        t["verification (exact, all pairs)"] = _timed(lambda: verification(feats, labels, max_pairs=total))
+        ex = verification(feats, labels, max_pairs=total)
+        note += f"; exact: AUC {ex['roc_auc']:.4f}, EER {ex['eer']:.4f}, {total} pairs"
+    return t, note
+
+
+def table(title: str, times: dict, refs: list[str]) -> str:
+    lines = [f"### {title}", "", "| operation | median time (s) | " + " | ".join(f"ratio vs {r}" for r in refs) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in refs) + " |"]
+    for name, sec in times.items():
+        ratios = " | ".join(f"{sec / times[r]:.1f}x" for r in refs)
+        lines.append(f"| {name.strip()} | {sec:.4f} | {ratios} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run, nothing written")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "metrics.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    n_u, n_v = (20_000, 1_000) if args.quick else (1_000_000, 10_000)
+    repeats = 2 if args.quick else args.repeats
+
+    t_u, note_u = bench_uniform(n_u, 100, repeats)
+    t_v, note_v = bench_verification(n_v, 128, 100, repeats, exact=not args.quick)
+    md = [
+        "# Metrics speed (benchmarks/metrics_speed.py)", "",
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, "
+        f"median of {repeats} round-robin repeats (shared machine: expect noise).", "",
+        table(f"uniform_accuracy, N = {n_u:,}, K = 100 (float32)", t_u, ["scores.max(1)", "scores.amax(1)"]),
+        "", f"Result: {note_u}.", "",
+        table(f"verification, N = {n_v:,}, d = 128, 100 classes", t_v,
+              ["features pass (f.norm(dim=1))", "plain N×N similarity matrix"]),
+        "", f"Result: {note_v}.", "",
+    ]
+    text = "\n".join(md)
+    print(text)
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -114,3 +114,31 @@ def test_load_dataset_open_set_on_digits():
     # no image of a held-out class (train or test side) appears in the training set
     held = torch.cat([full.x_train[full.y_train >= 8], full.x_test[full.y_test >= 8]]).flatten(1)
     assert torch.cdist(s.x_train.flatten(1), held).min() > 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(3, 7),
+    labels=st.lists(st.integers(0, 6), min_size=10, max_size=60),
+    held_mask=st.lists(st.booleans(), min_size=7, max_size=7),
+)
+def test_open_set_property_no_leak_and_counts(k, labels, held_mask):
+    y = torch.tensor(labels) % k
+    y_tr, y_te = y, y.flip(0)
+    x_tr, x_te = y_tr[:, None, None].float(), y_te[:, None, None].float() + 100  # x remembers label and split
+    held = [c for c in range(k) if held_mask[c]]
+    base = DatasetSplits(x_tr, y_tr, x_te, y_te, [f"c{i}" for i in range(k)])
+    if not held or k - len(held) < 2 or not torch.isin(y_te, torch.tensor(held)).any():
+        return
+    s = open_set_split(base, held)
+    known = [c for c in range(k) if c not in held]
+    assert not torch.isin(s.x_train[:, 0, 0].long(), torch.tensor(held)).any()
+    assert not torch.isin(s.x_test[:, 0, 0].long() - 100, torch.tensor(held)).any()
+    assert (s.x_unknown[:, 0, 0] >= 100).all()  # by default only test samples are unknown
+    assert len(s.x_train) + len(s.x_test) + len(s.x_unknown) == len(y_tr) + len(y_te) - int(torch.isin(y_tr, torch.tensor(held)).sum())
+    assert torch.equal(torch.tensor(known)[s.y_train], s.x_train[:, 0, 0].long())
+    assert torch.equal(torch.tensor(held)[s.y_unknown], s.x_unknown[:, 0, 0].long() - 100)

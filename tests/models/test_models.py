@@ -1,5 +1,7 @@
 """Backbones: output shape, gradient flow to the first layer, the final Linear, bad input."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -18,17 +20,24 @@ CASES = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
+def _model(name, in_shape):
+    """Built once per case: constructing resnet18 dominates these tests' run time."""
+    torch.manual_seed(0)
+    return build_model(name, in_shape, 12)
+
+
 def test_list_models():
     assert list_models() == ["cnn", "cnn1d", "mlp", "resnet18"]
 
 
 @pytest.mark.parametrize("name,in_shape", CASES)
 def test_output_shape_and_gradients_reach_first_layer(name, in_shape):
-    torch.manual_seed(0)
-    model = build_model(name, in_shape, 12)
-    x = torch.randn(3, *in_shape)
+    model = _model(name, in_shape).train()
+    model.zero_grad(set_to_none=True)
+    x = torch.randn(2, *in_shape)
     out = model(x)
-    assert out.shape == (3, 12) and out.dtype == torch.float32
+    assert out.shape == (2, 12) and out.dtype == torch.float32
     first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)))
     last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))][-1]
     assert isinstance(last, nn.Linear) and last.out_features == 12
@@ -39,8 +48,7 @@ def test_output_shape_and_gradients_reach_first_layer(name, in_shape):
 @pytest.mark.parametrize("name,in_shape", CASES)
 def test_no_activation_after_last_linear(name, in_shape):
     """Features can be negative: the final Linear is not followed by ReLU (checked numerically)."""
-    torch.manual_seed(1)
-    model = build_model(name, in_shape, 8).eval()
+    model = _model(name, in_shape).eval()
     captured = {}
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     last.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))

@@ -96,3 +96,14 @@ def test_generation_leaves_global_rngs_alone(monkeypatch, tmp_path):
     monkeypatch.setattr(mnist1d.data, "make_dataset", fake_make_dataset)
     m1d._generate(7)
     assert np.random.rand() == expected_np and random.random() == expected_py
+
+
+def test_unwritable_cache_dir_still_loads(cache, tmp_path, monkeypatch):
+    _, s = cache
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory should be")
+    stored = {"x": s.x_train[:, 0].numpy(), "y": s.y_train.numpy(), "x_test": s.x_test[:, 0].numpy(), "y_test": s.y_test.numpy()}
+    monkeypatch.setattr(m1d, "_generate", lambda seed: stored)
+    with pytest.warns(UserWarning, match="could not write MNIST-1D cache"):
+        again = load_dataset("mnist1d", cache_dir=blocker / "sub")
+    assert torch.equal(again.x_test, s.x_test)

@@ -69,14 +69,17 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 def _write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
     """Atomic write (temp file + rename) so a crash never leaves a half-written cache."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **data)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # atomic: concurrent ranks/processes each rename a complete file
     except OSError as exc:  # read-only home etc.: still usable, just not cached
         warnings.warn(f"could not write MNIST-1D cache {path}: {exc}", stacklevel=3)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @register_dataset("mnist1d")

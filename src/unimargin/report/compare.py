@@ -302,6 +302,9 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     base = dict(overrides, dataset=dataset, epochs=epochs)
     base.setdefault("quiet", True)
+    # One thread per run unless told otherwise: the small default models train several times
+    # faster single-threaded, and several threads on a shared 2-core machine oversubscribe it.
+    base.setdefault("num_threads", 1)
     seed_list = [first_seed + i for i in range(seeds)]
 
     # Resolve every head's settings first: bad names/options fail before any training.

@@ -1,0 +1,89 @@
+"""`unimargin compare` / `unimargin sweep` end to end on a tiny real configuration
+(digits, a few hundred samples, 1 epoch) through the real CLI entry point."""
+
+import base64
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from unimargin.cli import main
+from unimargin.report.sweep import parse_values, resolve_param
+
+TINY = ["--dataset", "digits", "--seeds", "2", "--epochs", "1", "--limit-train", "300", "--batch-size", "64"]
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src", ""))
+
+
+def _check_html(path):
+    parser = _Images()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    assert parser.sources, "no images in the HTML report"
+    for src in parser.sources:
+        assert src.startswith("data:image/png;base64,")
+    assert base64.b64decode(parser.sources[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    return parser.sources
+
+
+def test_compare_tiny_open_set(tmp_path):
+    out = tmp_path / "cmp"
+    status = main(["compare", "--heads", "softmax,bce-u", "--unknown-classes", "8,9", "--out", str(out),
+                   "--head-param", "bce-u:neg_weight=1.0", *TINY])
+    assert status == 0
+    markdown = (out / "report.md").read_text()
+    for section in ["## Verdict", "## Summary", "## Paired comparison with softmax", "### sw ↑ (%)",
+                    "## Learned threshold vs t*", "## Open set: held-out classes", "## Plots",
+                    "## Per-metric tables", "## Runtime", "## Diverged or failed runs", "## Optimiser settings",
+                    "## Reproduce"]:
+        assert section in markdown, section
+    # Open-set metrics are in the report and in the records, for every completed run.
+    assert "verif_roc_auc" in markdown and "reject_auroc" in markdown
+    records = json.loads((out / "records.json").read_text())
+    assert [(r["head"], r["seed"]) for r in records] == [("softmax", 0), ("bce-u", 0), ("softmax", 1), ("bce-u", 1)]
+    for record in records:
+        assert record["status"] == "completed"
+        assert 0.0 <= record["open_set"]["verif_roc_auc"] <= 1.0
+        assert record["open_set"]["reject_threshold_source"] == ("learned" if record["head"] == "bce-u"
+                                                                 else "t* (known test set)")
+        assert (out / "runs" / record["head"] / f"seed{record['seed']}" / "metrics.jsonl").exists()
+    # Recommended settings are stated per head, and the rerun command is explicit.
+    assert "| `softmax` | sgd |" in markdown or "| `softmax` | adamw |" in markdown
+    assert "unimargin compare --dataset digits --heads softmax,bce-u --seeds 2 --epochs 1" in markdown
+    assert "--unknown-classes 8,9" in markdown and "--head-param bce-u:neg_weight=1.0" in markdown
+    assert len(_check_html(out / "report.html")) == 4
+
+
+def test_sweep_tiny(tmp_path):
+    out = tmp_path / "sweep"
+    status = main(["sweep", "--head", "lmdl", "--param", "delta_d", "--values", "1.0,3.0", "--out", str(out), *TINY])
+    assert status == 0
+    markdown = (out / "report.md").read_text()
+    assert "## Metrics by value" in markdown and "| `1.0` | 2/2 |" in markdown and "| `3.0` | 2/2 |" in markdown
+    assert "![" in markdown and (out / "sweep.png").exists()
+    records = json.loads((out / "records.json").read_text())
+    assert sorted({r["param_value"] for r in records}) == [1.0, 3.0]
+    assert all(r["config"]["head_params"]["delta_d"] == r["param_value"] for r in records)
+    _check_html(out / "report.html")
+
+
+def test_bad_arguments_give_clear_errors(tmp_path, capsys):
+    assert main(["compare", "--heads", "softmax,nope", "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["sweep", "--head", "lmdl", "--param", "bogus", "--values", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "bogus" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="head.momentum or train.momentum"):
+        resolve_param("lmdl", "momentum")
+    assert resolve_param("lmdl", "head.momentum") == ("head", "momentum")
+    assert resolve_param("lmdl", "lr") == ("train", "lr")
+    assert parse_values("1, 0.5,true,cosine") == [1, 0.5, True, "cosine"]
+    with pytest.raises(ValueError, match="duplicates"):
+        parse_values("1,1")

@@ -69,17 +69,6 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
-def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
-    """Euclidean norm with a zero (sub)gradient at 0 instead of NaN.
-
-    A class with a single, never-seen sample has its feature exactly on its centroid;
-    ``torch.linalg.norm`` would give a 0/0 gradient there.
-    """
-    sq = (x * x).sum(dim)
-    positive = sq > 0
-    return torch.where(positive, sq.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(sq))
-
-
 def cosine_matrix(features: Tensor, weight: Tensor) -> Tensor:
     """cos θ_k = ŵ_kᵀ f̂ with f̂ = f/max(‖f‖, 1e-12) (SPEC §1)."""
     return F.linear(F.normalize(features, dim=1, eps=1e-12), F.normalize(weight, dim=1, eps=1e-12))
@@ -144,8 +133,11 @@ class Head(nn.Module):
             raise ValueError(
                 f"{arg} has width {features.shape[1]} but the head expects feat_dim={self.feat_dim}"
             )
-        if features.numel() and not bool(torch.isfinite(features).all()):
-            raise ValueError(f"{arg} contains NaN or Inf values")
+        if features.numel():
+            # min/max propagate NaN and expose ±Inf; much cheaper than isfinite().all()
+            lo, hi = torch.aminmax(features.detach())
+            if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
+                raise ValueError(f"{arg} contains NaN or Inf values")
 
     def check_labels(self, labels, batch_size: int) -> None:
         if not isinstance(labels, Tensor):
@@ -159,7 +151,7 @@ class Head(nn.Module):
                 f"features and labels have different batch sizes: {batch_size} vs {labels.shape[0]}"
             )
         if labels.numel():
-            lo, hi = int(labels.min()), int(labels.max())
+            lo, hi = (int(v) for v in torch.aminmax(labels))
             if lo < 0 or hi >= self.num_classes:
                 bad = lo if lo < 0 else hi
                 raise ValueError(
@@ -176,8 +168,10 @@ class Head(nn.Module):
         features = self._prepare(features)
         self.check_labels(labels, features.shape[0])
         labels = labels.to(device=features.device, dtype=torch.long)
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            return self._loss(features, labels)
+        if torch.is_autocast_enabled(features.device.type):
+            with torch.autocast(device_type=features.device.type, enabled=False):
+                return self._loss(features, labels)
+        return self._loss(features, labels)
 
     def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:  # pragma: no cover
         raise NotImplementedError
@@ -188,8 +182,10 @@ class Head(nn.Module):
     def scores(self, features: Tensor) -> Tensor:
         """Class metrics S (N×K) of SPEC §1 (differentiable; no training margin)."""
         features = self._prepare(features)
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            return self._raw_scores(features)
+        if torch.is_autocast_enabled(features.device.type):
+            with torch.autocast(device_type=features.device.type, enabled=False):
+                return self._raw_scores(features)
+        return self._raw_scores(features)
 
     @torch.no_grad()
     def predict(self, features: Tensor, threshold=None) -> Tensor:

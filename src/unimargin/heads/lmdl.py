@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import distributed as udist
-from .base import Head, HeadOutput, check_bool, check_real, cross_entropy_mean, safe_norm
+from .base import Head, HeadOutput, check_bool, check_real, cross_entropy_mean
 
 AGGREGATIONS = ("max", "mean")
 
@@ -59,43 +59,77 @@ def lmdl_terms(
     distances use ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j (no P×K×d tensor).
     """
     num_classes, dim = weight.shape
-    stats = features.new_zeros((num_classes, dim + 1))
-    stats = stats.index_add(0, labels, torch.cat([features, features.new_ones((features.shape[0], 1))], 1))
-    stats = reduce(stats)
-    sums, counts = stats[:, :dim], stats[:, dim].detach()
-    present = (counts > 0).nonzero().squeeze(1)
+    sums = features.new_zeros((num_classes, dim)).index_add(0, labels, features)
+    counts_all = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    if reduce is not _identity:  # one collective for sums and counts
+        packed = reduce(torch.cat([sums, counts_all[:, None]], 1))
+        sums, counts_all = packed[:, :dim], packed[:, dim].detach()
+    present = counts_all.nonzero().squeeze(1)  # sorted class ids of C_B
     n_present = max(present.numel(), 1)  # all-empty batch: terms are 0, not 0/0
+    counts = counts_all[present]
 
-    batch_mean = sums / counts.clamp_min(1.0)[:, None]
-    history = centroids.detach().clone()  # cloned: the buffers are updated in place later
-    seen = seen.detach().clone()
-    centroid = torch.where(seen[:, None], (1.0 - momentum) * batch_mean + momentum * history, batch_mean)
+    # only the P present classes are touched: O(P·d), not O(K·d), at large K
+    mean_p = sums[present] / counts[:, None]                                 # m̄_c
+    history = centroids.detach()[present]  # a copy: the buffers are updated in place later
+    # lerp(m̄, M, μ) = (1−μ) m̄ + μ M; M carries no gradient (stop-gradient)
+    centroid_p = torch.where(seen.detach()[present][:, None], torch.lerp(mean_p, history, momentum), mean_p)
 
     # compactness: per-sample hinge, averaged per class, then over classes
-    hinge_sq = F.relu(safe_norm(features - centroid[labels]) - delta_v).pow(2)
-    hinge_per_class = reduce(features.new_zeros(num_classes).index_add(0, labels, hinge_sq))
-    compact = (hinge_per_class[present] / counts[present]).sum() / n_present
+    rows = torch.searchsorted(present, labels)  # row of each sample's class in the P rows
+    dist_to_centroid = torch.linalg.vector_norm(features - centroid_p[rows], dim=1)  # grad 0 at 0
+    hinge_sq = F.relu(dist_to_centroid - delta_v).pow(2)
+    hinge_per_class = reduce(features.new_zeros(present.numel()).index_add(0, rows, hinge_sq))
+    compact = (hinge_per_class / counts).sum() / n_present
 
-    # margin: signed distance of each present batch centroid to every pairwise boundary
-    mean_p = batch_mean[present]
-    z = F.linear(mean_p, weight, bias)                                  # (P, K)
-    numer = z.gather(1, present[:, None]) - z                           # (w_c−w_j)ᵀm̄_c + b_c−b_j
-    sq_norm = (weight * weight).sum(1)
-    denom_sq = sq_norm[present][:, None] + sq_norm[None, :] - 2.0 * (weight[present] @ weight.t())
-    dist = numer / denom_sq.clamp_min(1e-24).sqrt()                     # max(‖w_c−w_j‖, 1e-12)
-    hinge = F.relu(delta_d - dist)
-    is_self = torch.zeros_like(hinge, dtype=torch.bool)
-    is_self[torch.arange(present.numel(), device=hinge.device), present] = True
-    hinge = hinge.masked_fill(is_self, 0.0)  # hinges are >= 0, so 0 never wins the max
     if aggregation == "max":
-        per_class = hinge.amax(1) if present.numel() else hinge.new_zeros(0)
+        per_class = _max_margin_hinge(mean_p, present, weight, bias, delta_d)
     else:
-        per_class = hinge.sum(1) / (num_classes - 1)
+        per_class = _mean_margin_hinge(mean_p, present, weight, bias, delta_d)
     margin = per_class.sum() / n_present
 
-    centroid_p = centroid[present]
-    reg = safe_norm(centroid_p).sum() / n_present
+    reg = torch.linalg.vector_norm(centroid_p, dim=1).sum() / n_present
     return LMDLTerms(compact, margin, reg, present, centroid_p.detach())
+
+
+def _pair_distances(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """d_cj (P×K) for every present class c and every class j (the j = c entry is junk).
+
+    numerator z_c(m̄_c) − z_j(m̄_c); ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j, so no
+    P×K×d tensor is formed.
+    """
+    z = F.linear(mean_p, weight, bias)                                   # (P, K)
+    numer = z.gather(1, present[:, None]) - z
+    sq_norm = (weight * weight).sum(1)
+    denom_sq = sq_norm[present][:, None] + sq_norm[None, :] - 2.0 * (weight[present] @ weight.t())
+    return numer / denom_sq.clamp_min(1e-24).sqrt()                      # max(‖w_c−w_j‖, 1e-12)
+
+
+def _mean_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
+    """mean_{j≠c} [δ_d − d_cj]₊ per present class (fully differentiable P×K path)."""
+    hinge = F.relu(delta_d - _pair_distances(mean_p, present, weight, bias))
+    is_self = torch.zeros_like(hinge, dtype=torch.bool)
+    is_self[torch.arange(present.numel(), device=hinge.device), present] = True
+    return hinge.masked_fill(is_self, 0.0).sum(1) / (weight.shape[0] - 1)
+
+
+def _max_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
+    """max_{j≠c} [δ_d − d_cj]₊ = [δ_d − min_{j≠c} d_cj]₊ per present class.
+
+    The max only passes gradient to its arg-max pair, so the P×K distances are computed
+    without autograd to find j*(c) = argmin_j d_cj, and d_{c,j*} is recomputed with the
+    direct formula and gradient: the same value and gradient as differentiating the full
+    P×K matrix, at a third of the cost (no P×K×d backward matmuls).
+    """
+    with torch.no_grad():
+        dist = _pair_distances(mean_p, present, weight, bias)
+        dist[torch.arange(present.numel(), device=dist.device), present] = float("inf")
+        nearest = dist.argmin(1) if present.numel() else present
+    diff = weight[present] - weight[nearest]
+    numer = (diff * mean_p).sum(1)
+    if bias is not None:
+        numer = numer + bias[present] - bias[nearest]
+    d_nearest = numer / torch.linalg.vector_norm(diff, dim=1).clamp_min(1e-12)
+    return F.relu(delta_d - d_nearest)
 
 
 class LMDLHead(Head):

@@ -1,0 +1,146 @@
+"""Forward+backward speed of every head relative to plain ``nn.Linear + F.cross_entropy``.
+
+For each (B, K, d) the plain reference and every head are timed round-robin in the same
+run (so machine load hits all of them alike); the table reports median time ratios
+head / plain. It also times lmdl against a per-class Python loop reference (the shape of
+the authors' code; the loop is over classes, the pairwise part inside each class is
+vectorised), only at K <= 1000 because the loop becomes impractically slow beyond.
+
+    python benchmarks/heads_speed.py            # full run, writes benchmarks/results/heads.md
+    python benchmarks/heads_speed.py --quick    # smoke run (fewer repeats, small configs)
+
+Targets (issue): lmdl <= 2x plain for K <= 1000; >= 10x faster than the loop at K = 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unimargin import build_head, list_heads
+
+CONFIGS = [(256, 10, 128), (256, 1000, 512), (1024, 10000, 512)]
+LOOP_MAX_K = 1000
+
+
+def lmdl_loop_loss(head, f, y):
+    """lmdl loss with a Python loop over the classes of the batch (reference shape)."""
+    W, b = head.weight, head.bias
+    ce = F.cross_entropy(F.linear(f, W, b), y)
+    compact, margin, reg = [], [], []
+    for c in torch.unique(y).tolist():
+        fc = f[y == c]
+        batch_mean = fc.mean(0)
+        m = (1 - head.momentum) * batch_mean + head.momentum * head.centroids[c] if head.seen[c] else batch_mean
+        compact.append(F.relu((fc - m).norm(dim=1) - head.delta_v).pow(2).mean())
+        diff = W[c] - W
+        dist = (diff @ batch_mean + b[c] - b) / diff.norm(dim=1).clamp_min(1e-12)
+        hinge = F.relu(head.delta_d - dist)
+        others = torch.ones(W.shape[0], dtype=torch.bool)
+        others[c] = False
+        margin.append(hinge[others].max())
+        reg.append(m.norm())
+        with torch.no_grad():
+            head.centroids[c] = m.detach()
+            head.seen[c] = True
+    disc = (head.compact_weight * torch.stack(compact).mean() + head.margin_weight * torch.stack(margin).mean()
+            + head.reg_weight * torch.stack(reg).mean())
+    return ce + head.disc_weight * disc
+
+
+def _timed(step) -> float:
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
+def bench_config(B, K, d, repeats, warmup, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(B, d, generator=gen)
+    labels = torch.randint(0, K, (B,), generator=gen)
+    linear = torch.nn.Linear(d, K)
+
+    def make_step(loss_fn, module):
+        def step():
+            module.zero_grad(set_to_none=True)
+            f = feats.clone().requires_grad_()
+            loss_fn(f).backward()
+        return step
+
+    steps = {"plain": make_step(lambda f: F.cross_entropy(linear(f), labels), linear)}
+    heads = {}
+    for name in list_heads():
+        heads[name] = build_head(name, K, d)
+        steps[name] = make_step(lambda f, h=heads[name]: h(f, labels).loss, heads[name])
+    if K <= LOOP_MAX_K:
+        loop_head = build_head("lmdl", K, d)
+        steps["lmdl-loop"] = make_step(lambda f: lmdl_loop_loss(loop_head, f, labels), loop_head)
+    times = {k: [] for k in steps}
+    for r in range(warmup + repeats):
+        for k, step in steps.items():  # round-robin: load spikes hit every method
+            t = _timed(step)
+            if r >= warmup:
+                times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 small configs, 3 repeats")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (shared 2-core machine: 1)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "heads.md"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    configs = CONFIGS[:2] if args.quick else CONFIGS
+    names = list_heads()
+    rows = []
+    for B, K, d in configs:
+        repeats = args.repeats or (3 if args.quick else (5 if K > LOOP_MAX_K else 9))
+        med = bench_config(B, K, d, repeats=repeats, warmup=1)
+        ratios = [med[n] / med["plain"] for n in names]
+        loop = f"{med['lmdl-loop'] / med['lmdl']:.1f}x" if "lmdl-loop" in med else "n/a (K > 1000)"
+        rows.append((B, K, d, med["plain"] * 1e3, ratios, loop, repeats))
+        print(f"done B={B} K={K} d={d}", flush=True)
+
+    header = "| B | K | d | plain (ms) | " + " | ".join(names) + " | lmdl speed-up vs loop |"
+    sep = "|" + "---|" * (5 + len(names))
+    lines = [header, sep]
+    for B, K, d, plain_ms, ratios, loop, _ in rows:
+        lines.append(f"| {B} | {K} | {d} | {plain_ms:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios) + f" | {loop} |")
+    table = "\n".join(lines)
+    print(table)
+    meta = (
+        f"torch {torch.__version__}, {platform.machine()}, {args.threads} thread(s), "
+        f"repeats per config: {', '.join(str(r[-1]) for r in rows)} (median), "
+        f"{'--quick, ' if args.quick else ''}{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    doc = f"""# Head speed: forward + backward, ratio to plain nn.Linear + F.cross_entropy
+
+Generated by `python benchmarks/heads_speed.py` ({meta}).
+Cells are median(head time) / median(plain time) measured round-robin in the same run
+(1.00 = as fast as the plain layer); `plain (ms)` is the absolute reference time.
+The last column is lmdl's speed-up over a per-class Python loop reference, measured only
+for K <= 1000 (the loop is impractically slow beyond). The machine is shared with other
+jobs (2 cores), so expect roughly ±20% noise on the ratios.
+
+Targets: lmdl <= 2x plain for K <= 1000; lmdl >= 10x faster than the loop at K = 1000.
+
+{table}
+"""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -101,9 +101,10 @@ def test_momentum_zero_stores_batch_means():
     assert head.seen.tolist() == [True, False, True]
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_gradcheck_float64(aggregation):
     K, d = 4, 3
-    head = build_head("lmdl", K, d, **HP).double().eval()
+    head = build_head("lmdl", K, d, aggregation=aggregation, **HP).double().eval()
     head.seen[:2] = True
     head.centroids.copy_(torch.randn(K, d, dtype=torch.float64))
     y = torch.tensor([0, 0, 1, 2, 2, 3])

@@ -134,6 +134,11 @@ def test_open_set_property_no_leak_and_counts(k, labels, held_mask):
     base = DatasetSplits(x_tr, y_tr, x_te, y_te, [f"c{i}" for i in range(k)])
     if not held or k - len(held) < 2 or not torch.isin(y_te, torch.tensor(held)).any():
         return
+    held_t = torch.tensor(held)
+    if torch.isin(y_tr, held_t).all():  # nothing known left to train on: a clear error, not an empty split
+        with pytest.raises(ValueError, match="leaves the train split empty"):
+            open_set_split(base, held)
+        return
     s = open_set_split(base, held)
     known = [c for c in range(k) if c not in held]
     assert not torch.isin(s.x_train[:, 0, 0].long(), torch.tensor(held)).any()

@@ -189,6 +189,11 @@ def open_set_split(splits: DatasetSplits, unknown_classes, unknown_from: str = "
 
     x_train, y_train = keep_known(splits.x_train, splits.y_train)
     x_test, y_test = keep_known(splits.x_test, splits.y_test)
+    for split, y in (("train", y_train), ("test", y_test)):
+        if len(y) == 0:
+            raise ValueError(
+                f"unknown_classes: holding out {[splits.classes[i] for i in held]} leaves the {split} split empty"
+            )
     sources = [(splits.x_test, splits.y_test)]
     if unknown_from == "train+test":
         sources.insert(0, (splits.x_train, splits.y_train))

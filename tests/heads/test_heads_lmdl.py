@@ -116,3 +116,21 @@ def test_gradcheck_float64(aggregation):
         return functional_call(head, {"weight": W, "bias": b}, (f, y)).loss
 
     assert torch.autograd.gradcheck(fn, (f, W, b))
+
+
+def test_terms_same_with_and_without_batch_logits_shortcut():
+    from unimargin.heads import lmdl_terms
+
+    K, d = 12, 5
+    head = build_head("lmdl", K, d, delta_d=4.0).double()
+    f = torch.randn(30, d, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, K, (30,))
+    kw = dict(delta_v=0.5, delta_d=4.0, momentum=0.9)
+    args = (f, y, head.weight, head.bias, head.centroids, head.seen)
+    fast = lmdl_terms(*args, logits=head.scores(f), **kw)
+    plain = lmdl_terms(*args, **kw)
+    torch.testing.assert_close(fast.margin, plain.margin)
+    g1 = torch.autograd.grad(fast.margin, [f, head.weight, head.bias])
+    g2 = torch.autograd.grad(plain.margin, [f, head.weight, head.bias])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)

@@ -44,6 +44,7 @@ def lmdl_terms(
     momentum: float,
     aggregation: str = "max",
     reduce: Callable[[Tensor], Tensor] = _identity,
+    logits: Tensor | None = None,
 ) -> LMDLTerms:
     """The three discriminative terms of SPEC §2.6 for one batch.
 
@@ -57,6 +58,8 @@ def lmdl_terms(
     to the per-class feature sums, counts and per-class sums of compactness hinges, so
     every term equals the single-process value on the concatenated batch. The pairwise
     distances use ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j (no P×K×d tensor).
+    ``logits`` (optional, = W f + b of this batch) saves a matmul: W m̄_c + b is the class
+    mean of the logits. It is only used without ``reduce`` (local batch = whole batch).
     """
     num_classes, dim = weight.shape
     sums = features.new_zeros((num_classes, dim)).index_add(0, labels, features)
@@ -82,7 +85,11 @@ def lmdl_terms(
     compact = (hinge_per_class / counts).sum() / n_present
 
     if aggregation == "max":
-        per_class = _max_margin_hinge(mean_p, present, weight, bias, delta_d)
+        centroid_logits = None
+        if logits is not None and reduce is _identity:
+            logit_sums = logits.new_zeros((present.numel(), num_classes)).index_add(0, rows, logits.detach())
+            centroid_logits = logit_sums / counts[:, None]
+        per_class = _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits)
     else:
         per_class = _mean_margin_hinge(mean_p, present, weight, bias, delta_d)
     margin = per_class.sum() / n_present
@@ -91,13 +98,14 @@ def lmdl_terms(
     return LMDLTerms(compact, margin, reg, present, centroid_p.detach())
 
 
-def _pair_distances(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _pair_distances(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tensor | None,
+                    centroid_logits: Tensor | None = None) -> Tensor:
     """d_cj (P×K) for every present class c and every class j (the j = c entry is junk).
 
-    numerator z_c(m̄_c) − z_j(m̄_c); ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j, so no
-    P×K×d tensor is formed.
+    numerator z_c(m̄_c) − z_j(m̄_c) with z(m̄_c) = W m̄_c + b (or ``centroid_logits``);
+    ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j, so no P×K×d tensor is formed.
     """
-    z = F.linear(mean_p, weight, bias)                                   # (P, K)
+    z = F.linear(mean_p, weight, bias) if centroid_logits is None else centroid_logits  # (P, K)
     numer = z.gather(1, present[:, None]) - z
     sq_norm = (weight * weight).sum(1)
     denom_sq = sq_norm[present][:, None] + sq_norm[None, :] - 2.0 * (weight[present] @ weight.t())
@@ -112,7 +120,7 @@ def _mean_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
     return hinge.masked_fill(is_self, 0.0).sum(1) / (weight.shape[0] - 1)
 
 
-def _max_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
+def _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits=None) -> Tensor:
     """max_{j≠c} [δ_d − d_cj]₊ = [δ_d − min_{j≠c} d_cj]₊ per present class.
 
     The max only passes gradient to its arg-max pair, so the P×K distances are computed
@@ -121,7 +129,7 @@ def _max_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
     P×K matrix, at a third of the cost (no P×K×d backward matmuls).
     """
     with torch.no_grad():
-        dist = _pair_distances(mean_p, present, weight, bias)
+        dist = _pair_distances(mean_p, present, weight, bias, centroid_logits)
         dist[torch.arange(present.numel(), device=dist.device), present] = float("inf")
         nearest = dist.argmin(1) if present.numel() else present
     diff = weight[present] - weight[nearest]
@@ -206,7 +214,7 @@ class LMDLHead(Head):
         terms = lmdl_terms(
             features, labels, self.weight, self.bias, self.centroids, self.seen,
             delta_v=self.delta_v, delta_d=self.delta_d, momentum=self.momentum,
-            aggregation=self.aggregation, reduce=reduce,
+            aggregation=self.aggregation, reduce=reduce, logits=logits,
         )
         disc = (self.compact_weight * terms.compact + self.margin_weight * terms.margin
                 + self.reg_weight * terms.reg)

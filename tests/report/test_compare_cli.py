@@ -37,7 +37,7 @@ def _check_html(path):
 def test_compare_tiny_open_set(tmp_path):
     out = tmp_path / "cmp"
     status = main(["compare", "--heads", "softmax,bce-u", "--unknown-classes", "8,9", "--out", str(out),
-                   "--head-param", "bce-u:neg_weight=1.0", *TINY])
+                   "--head-param", "bce-u:neg_weight=1.0", "--jobs", "1", *TINY])
     assert status == 0
     markdown = (out / "report.md").read_text()
     for section in ["## Verdict", "## Summary", "## Paired comparison with softmax", "### sw ↑ (%)",
@@ -64,7 +64,8 @@ def test_compare_tiny_open_set(tmp_path):
 
 def test_sweep_tiny(tmp_path):
     out = tmp_path / "sweep"
-    status = main(["sweep", "--head", "lmdl", "--param", "delta_d", "--values", "1.0,3.0", "--out", str(out), *TINY])
+    status = main(["sweep", "--head", "lmdl", "--param", "delta_d", "--values", "1.0,3.0", "--out", str(out),
+                   "--jobs", "2", *TINY])  # the parallel path
     assert status == 0
     markdown = (out / "report.md").read_text()
     assert "## Metrics by value" in markdown and "| `1.0` | 2/2 |" in markdown and "| `3.0` | 2/2 |" in markdown

@@ -7,6 +7,7 @@ Option precedence: built-in defaults < ``--config`` YAML (TrainConfig fields, pl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -45,6 +46,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-param", action="append", default=[], metavar="HEAD:NAME=VALUE",
                         help="a head hyper-parameter, e.g. lmdl:delta_d=3 (repeatable)")
     parser.add_argument("--config", type=str, default=None, help="YAML file of training options")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained in parallel processes (default: min(2, CPU count)); "
+                             "results do not depend on it")
     parser.add_argument("--reuse", action="store_true",
                         help="keep runs in OUT that already finished (continue an interrupted command)")
     for flag, kwargs in _TRAIN_FLAGS:
@@ -81,6 +85,12 @@ def register(subparsers) -> None:
     sweep.add_argument("--values", type=str, required=True, help="comma-separated values, e.g. 0.5,1.5,3,6")
     _add_common(sweep)
     sweep.set_defaults(func=sweep_main)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    if args.jobs is not None:
+        return args.jobs
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def _parse_head_params(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -143,6 +153,7 @@ def compare_main(args: argparse.Namespace) -> int:
         head_params=head_params,
         first_seed=args.first_seed,
         reuse=args.reuse,
+        jobs=_jobs(args),
     )
     md_path, html_path = write_compare_report(result)
     print(f"[compare] wrote {md_path} and {html_path} ({result.wall_time_s:.0f} s)", file=sys.stderr)
@@ -173,6 +184,7 @@ def sweep_main(args: argparse.Namespace) -> int:
         head_params=fixed,
         first_seed=args.first_seed,
         reuse=args.reuse,
+        jobs=_jobs(args),
     )
     md_path, html_path = write_sweep_report(result)
     print(f"[sweep] wrote {md_path} and {html_path} ({result.wall_time_s:.0f} s)", file=sys.stderr)

@@ -19,7 +19,9 @@ Outputs in ``out``: ``runs/<head>/seed<k>/`` (one engine run directory each),
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,7 @@ DEFAULT_HEADS = ("softmax", "lmdl", "bce-u")
 DEFAULT_SEEDS = 3
 # Measured budget: the no-argument compare (3 heads × 3 seeds) finishes in well under
 # 10 minutes on 2 CPU cores (docs/compare.md states the measured time).
-DEFAULT_EPOCHS = 15
+DEFAULT_EPOCHS = 20
 
 _OPEN_SET_VERIF_KEYS = ["verif_roc_auc", "verif_eer", "verif_tar_at_far_1e-1", "verif_tar_at_far_1e-2",
                         "verif_tar_at_far_1e-3", "verif_pair_accuracy"]
@@ -247,6 +249,47 @@ def _train_one(base: dict[str, Any], head: str, seed: int, head_params: dict[str
     return record
 
 
+def _train_task(task: tuple) -> RunRecord:
+    """Worker entry point (module level so a spawned process can unpickle it)."""
+    base, head, seed, head_params, run_dir, reuse = task
+    return _train_one(base, head, seed, head_params, Path(run_dir), reuse, _stderr_log)
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_tasks(tasks: Sequence[tuple], jobs: int, on_record: Callable[[int, RunRecord], None],
+              log: Callable[[str], None]) -> list[RunRecord]:
+    """Train every (base, head, seed, head_params, run_dir, reuse) task, ``jobs`` at a time.
+
+    Runs are independent and seeded, and each uses ``num_threads`` threads, so the results
+    do not depend on ``jobs``. Parallel runs use spawned processes (a forked child of a
+    process that already ran OpenMP code can hang). ``on_record(index, record)`` is called
+    in the parent as each run finishes. Returns the records in task order.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
+    records: list[RunRecord | None] = [None] * len(tasks)
+    if jobs == 1 or len(tasks) <= 1:
+        for index, task in enumerate(tasks):
+            base, head, seed, head_params, run_dir, reuse = task
+            records[index] = _train_one(base, head, seed, head_params, Path(run_dir), reuse, log)
+            on_record(index, records[index])
+        return records  # type: ignore[return-value]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+        futures = {pool.submit(_train_task, task): index for index, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            index = futures[future]
+            records[index] = future.result()
+            on_record(index, records[index])
+    return records  # type: ignore[return-value]
+
+
 def _load_eval_data(base: dict[str, Any]):
     """The test (and unknown-class) tensors the engine evaluates on (``load_splits`` applies
     ``limit_train`` / ``limit_test`` exactly as training does), for plots and the open set."""
@@ -267,6 +310,7 @@ def run_compare(
     head_params: dict[str, dict[str, Any]] | None = None,
     first_seed: int = 0,
     reuse: bool = False,
+    jobs: int = 1,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> CompareResult:
@@ -276,6 +320,7 @@ def run_compare(
     lr, optimizer, ..., data_dir, unknown_classes, limit_train, limit_test);
     ``head_params[head]`` the hyper-parameters of one head. ``reuse`` keeps runs whose
     ``summary.json`` already says completed/diverged (to finish an interrupted compare).
+    ``jobs`` runs train in parallel processes (results do not depend on it).
     """
     from unimargin.train import TrainConfig
     from unimargin.train.config import OPTIMIZER_FIELDS, config_fields, resolve_config
@@ -321,22 +366,28 @@ def run_compare(
 
     splits, x_test, y_test = _load_eval_data(base)
     started = time.perf_counter()
-    records: list[RunRecord] = []
+    # Seed-major order: an interrupted compare still has complete pairs for the first seeds.
+    tasks = [(base, head, seed, head_params.get(head, {}), str(out / "runs" / head / f"seed{seed}"), reuse)
+             for seed in seed_list for head in head_names]
+    finished: dict[int, RunRecord] = {}
+
+    def on_record(index: int, record: RunRecord) -> None:
+        finished[index] = record
+        _write_records(out, [finished[i] for i in sorted(finished)])
+
+    records = run_tasks(tasks, jobs, on_record, log)
     outputs: list[RunOutputs] = []
-    for seed in seed_list:  # seed-major order: an interrupted compare still has pairs
-        for head in head_names:
-            run_dir = out / "runs" / head / f"seed{seed}"
-            record = _train_one(base, head, seed, head_params.get(head, {}), run_dir, reuse, log)
-            if record.ok:
-                need_plot = not any(o.head == head for o in outputs)
-                if need_plot or splits.x_unknown is not None:
-                    run_output, open_set = run_outputs(run_dir, x_test, y_test, splits.x_unknown,
-                                                       splits.y_unknown, head, seed)
-                    record.open_set = open_set
-                    if need_plot:
-                        outputs.append(run_output)
-            records.append(record)
-            _write_records(out, records)
+    for task, record in zip(tasks, records):
+        if not record.ok:
+            continue
+        need_plot = not any(o.head == record.head for o in outputs)
+        if need_plot or splits.x_unknown is not None:
+            run_output, open_set = run_outputs(task[4], x_test, y_test, splits.x_unknown, splits.y_unknown,
+                                               record.head, record.seed)
+            record.open_set = open_set
+            if need_plot:
+                outputs.append(run_output)
+    _write_records(out, records)
     wall = time.perf_counter() - started
 
     if command is None:

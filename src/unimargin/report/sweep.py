@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .compare import DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, _train_one
+from .compare import DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, run_tasks
 from .records import RunRecord, completed_runs
 from .render import Document
 from .stats import summarize
@@ -132,6 +132,7 @@ def run_sweep(
     head_params: dict[str, Any] | None = None,
     first_seed: int = 0,
     reuse: bool = False,
+    jobs: int = 1,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> SweepResult:
@@ -186,15 +187,22 @@ def run_sweep(
     splits, _, y_test = _load_eval_data(base)
 
     started = time.perf_counter()
-    records: list[RunRecord] = []
+    tasks, task_values = [], []
     for seed in seed_list:
         for value in value_list:
             run_base, run_params = options_for(value)
             run_dir = out / "runs" / _value_dir_name(name, value) / f"seed{seed}"
-            record = _train_one(run_base, head, seed, run_params, run_dir, reuse, log)
-            record.param_value = value
-            records.append(record)
-            (out / "records.json").write_text(json.dumps([r.to_json() for r in records], indent=1, default=str))
+            tasks.append((run_base, head, seed, run_params, str(run_dir), reuse))
+            task_values.append(value)
+    finished: dict[int, RunRecord] = {}
+
+    def on_record(index: int, record: RunRecord) -> None:
+        record.param_value = task_values[index]
+        finished[index] = record
+        (out / "records.json").write_text(json.dumps([finished[i].to_json() for i in sorted(finished)],
+                                                     indent=1, default=str))
+
+    records = run_tasks(tasks, jobs, on_record, log)
     wall = time.perf_counter() - started
     if command is None:
         command = _canonical_command("sweep", dict(

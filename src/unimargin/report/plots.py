@@ -225,7 +225,7 @@ def plot_centroid_margins(outputs: Sequence[RunOutputs], path: str | Path,
         [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(num_classes)],
         rotation=45 if num_classes > 6 else 0, fontsize=7,
     )
-    axis.set_ylabel("centroid margin (score units)")
+    axis.set_ylabel("signed distance to nearest boundary")
     axis.set_title("Centroid margin per class (linear heads, SPEC §3.6)")
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)

@@ -13,7 +13,8 @@ def _tied_data(seed, n_max=40, k_max=5, levels=5):
     g = torch.Generator().manual_seed(seed)
     n = int(torch.randint(1, n_max + 1, (1,), generator=g))
     k = int(torch.randint(2, k_max + 1, (1,), generator=g))
-    scores = torch.randint(0, levels, (n, k), generator=g).float()   # many ties
+    # many ties, negative and positive values (the sort keys treat signs differently)
+    scores = torch.randint(0, levels, (n, k), generator=g).float() - levels // 2
     labels = torch.randint(0, k, (n,), generator=g)
     return scores, labels
 
@@ -100,7 +101,7 @@ def test_sw_ge_cw_ge_uni(n, k, seed, levels):
     res = uniform_accuracy(scores, labels)
     assert 1.0 >= res.sw >= res.cw >= res.uni >= 0.0
     # ties count wrong, so SW never exceeds argmax accuracy (which may win a tie)
-    assert res.sw <= float((scores.argmax(1) == labels).float().mean())
+    assert round(res.sw * n) <= int((scores.argmax(1) == labels).sum())
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -146,3 +147,20 @@ def test_separability_perfect_when_unified_threshold_exists():
     # SW = 1 but a positive (4.0 → 2.0 row) below a negative of another row → AUC < 1
     scores[2] = torch.tensor([0.0, 0.0, 1.8])
     assert separability_auc(scores, torch.tensor([0, 1, 2])) < 1.0
+
+
+def test_orderable_keys_sort_like_floats():
+    from unimargin.metrics.uniform import _orderable_int64
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(500, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(
+        -300, 300, (500,), generator=g), torch.tensor([0.0, -0.0, 1.0, -1.0, 1.0, -0.0])])
+    x = x[torch.randperm(x.numel(), generator=g)]
+    ref = torch.sort(x, stable=True).indices
+    assert torch.equal(torch.sort(_orderable_int64(x), stable=True).indices, ref)
+
+
+def test_negative_zero_ties_positive_zero():
+    # interval (−1, −0.0) and (+0.0, 1): −0.0 == +0.0, open intervals, so never both
+    scores = torch.tensor([[-0.0, -1.0], [1.0, 0.0]])
+    res = uniform_accuracy(scores, torch.tensor([0, 0]))
+    assert res.uni == 0.5 and res.threshold == -0.5

@@ -87,6 +87,17 @@ class UniformResult:
         return asdict(self)
 
 
+def _orderable_int64(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys with the same order (and ties) as the float64 values ``x``.
+
+    Sorting these integers is ~3x faster than sorting the floats. IEEE bit patterns of
+    non-negative floats already sort as integers; negative ones sort reversed, so their
+    magnitude bits are flipped. −0.0 is first turned into +0.0 so that the two zeros tie.
+    """
+    bits = (x.to(torch.float64) + 0.0).view(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
+
+
 def _median(x: torch.Tensor) -> float:
     """Median with the two middle values averaged for even counts (numpy's convention)."""
     s = torch.sort(x).values
@@ -104,50 +115,49 @@ def _uniform_from_pn(p: torch.Tensor, n: torch.Tensor, labels: torch.Tensor,
     n_correct = int(correct.sum())
     sw = n_correct / count
 
-    # Each correct sample is the open interval (n_i, p_i): +1 at n_i, −1 at p_i. Ends are
+    # Each correct sample is the open interval (n_i, p_i): −1 at p_i, +1 at n_i. Ends are
     # concatenated before starts and the sort is stable, so at equal values an interval
     # ends before another starts (open intervals do not overlap at a shared endpoint).
-    p_c, n_c, y_c = p[correct], n[correct], labels[correct]
-    values = torch.cat([p_c, n_c])
-    delta = torch.cat([
-        torch.full((n_correct,), -1, dtype=torch.long),
-        torch.ones(n_correct, dtype=torch.long),
-    ])
+    p_c, n_c = p.masked_select(correct), n.masked_select(correct)
+    y_c = labels.masked_select(correct)
     class_thresholds: list = [None] * num_classes
     if n_correct == 0:
         uni_count = 0
         t_star = float(torch.minimum(p.min(), n.min())) - 1.0
         cw_count = 0
     else:
-        order = torch.sort(values, stable=True).indices
-        v_sorted = values[order]
-        d_sorted = delta[order]
+        values = torch.cat([p_c, n_c])
+        # event j is an end iff j < n_correct (position in the concatenation)
+        order = torch.sort(_orderable_int64(values), stable=True).indices
+        d_sorted = torch.where(order < n_correct, -1, 1)
         running = torch.cumsum(d_sorted, 0)
         # First maximum = lowest optimal range; it is reached just after a start, and the
         # next event is an end at a strictly larger value, so the range is non-empty.
         best = int(torch.argmax(running))
         uni_count = int(running[best])
-        t_star = 0.5 * (float(v_sorted[best]) + float(v_sorted[best + 1]))
+        ends = values.index_select(0, order[best:best + 2])
+        t_star = 0.5 * (float(ends[0]) + float(ends[1]))
 
         # Class-wise: stable re-sort of the same events by class gives (class, value, type)
         # order. Every class's +1/−1 events balance, so the global running sum restarts
         # from 0 at each class boundary and equals the per-class running count.
-        cls = torch.cat([y_c, y_c])[order]
-        order_c = torch.sort(cls, stable=True).indices
-        cls_sorted = cls[order_c]
-        v_c = v_sorted[order_c]
-        running_c = torch.cumsum(d_sorted[order_c], 0)
-        class_max = torch.zeros(num_classes, dtype=torch.long).scatter_reduce(
+        cls = torch.cat([y_c, y_c]).index_select(0, order)
+        cls_sorted, order_c = torch.sort(cls, stable=True)
+        running_c = torch.cumsum(d_sorted.index_select(0, order_c), 0)
+        class_max = torch.zeros(num_classes, dtype=running_c.dtype).scatter_reduce(
             0, cls_sorted, running_c, reduce="amax", include_self=True)
         cw_count = int(class_max.sum())
-        positions = torch.arange(running_c.numel())
-        at_max = running_c == class_max[cls_sorted]
-        first = torch.full((num_classes,), running_c.numel(), dtype=torch.long).scatter_reduce(
-            0, cls_sorted[at_max], positions[at_max], reduce="amin", include_self=True)
-        has = class_max > 0
-        idx = first[has]
-        mids = 0.5 * (v_c[idx] + v_c[idx + 1])
-        for c, t in zip(torch.nonzero(has).flatten().tolist(), mids.tolist()):
+        at_max = running_c == class_max.index_select(0, cls_sorted)
+        never = running_c.numel()
+        positions = torch.where(at_max, torch.arange(never), never)
+        first = torch.full((num_classes,), never, dtype=torch.long).scatter_reduce(
+            0, cls_sorted, positions, reduce="amin", include_self=True)
+        has = torch.nonzero(class_max > 0).flatten()
+        idx = first.index_select(0, has)
+        # event index (in `values`) of each class's optimal start and of the next event
+        lo = values.index_select(0, order.index_select(0, order_c.index_select(0, idx)))
+        hi = values.index_select(0, order.index_select(0, order_c.index_select(0, idx + 1)))
+        for c, t in zip(has.tolist(), (0.5 * (lo + hi)).tolist()):
             class_thresholds[c] = t
 
     result = UniformResult(

@@ -150,7 +150,7 @@ def test_separability_perfect_when_unified_threshold_exists():
 
 
 def test_orderable_keys_sort_like_floats():
-    from unimargin.metrics.uniform import _orderable_int64
+    from unimargin.metrics._ranking import orderable_int64 as _orderable_int64
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(500, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(
         -300, 300, (500,), generator=g), torch.tensor([0.0, -0.0, 1.0, -1.0, 1.0, -0.0])])

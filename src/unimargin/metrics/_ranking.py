@@ -13,6 +13,17 @@ import math
 import torch
 
 
+def orderable_int64(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys with the same order (and ties) as the float64 values ``x``.
+
+    Sorting these integers is ~3x faster than sorting the floats. IEEE bit patterns of
+    non-negative floats already sort as integers; negative ones sort reversed, so their
+    magnitude bits are flipped. −0.0 is first turned into +0.0 so that the two zeros tie.
+    """
+    bits = (x.to(torch.float64) + 0.0).view(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
+
+
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """P(s_pos > s_neg) + ½·P(s_pos = s_neg) (Mann–Whitney U / (P·Q)), exactly.
 
@@ -42,12 +53,12 @@ def roc_counts(pos: torch.Tensor, neg: torch.Tensor):
         torch.ones(pos.numel(), dtype=torch.long),
         torch.zeros(neg.numel(), dtype=torch.long),
     ])
-    order = torch.sort(values, descending=True).indices
-    values = values[order]
-    is_pos = is_pos[order]
+    order = torch.sort(orderable_int64(values), descending=True, stable=True).indices
+    values = values.index_select(0, order)
+    is_pos = is_pos.index_select(0, order)
     distinct, counts = torch.unique_consecutive(values, return_counts=True)
     group_end = torch.cumsum(counts, 0) - 1  # last index of each tie group
-    tp = torch.cumsum(is_pos, 0)[group_end]
+    tp = torch.cumsum(is_pos, 0).index_select(0, group_end)
     fp = (group_end + 1) - tp
     zero = torch.zeros(1, dtype=torch.long)
     thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), distinct.to(torch.float64)])
@@ -94,7 +105,7 @@ def tar_at_far(fpr: torch.Tensor, tpr: torch.Tensor, far: float, n_neg: int):
     if n_neg * far < 1.0:
         return None
     ok = fpr <= far + 1e-15
-    return float(tpr[ok].max())
+    return float(tpr.masked_select(ok).max())
 
 
 def best_accuracy(pos: torch.Tensor, neg: torch.Tensor):

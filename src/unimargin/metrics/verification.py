@@ -43,8 +43,8 @@ def _all_pairs(f_hat, y, block_rows):
         cols = torch.arange(start, n)[None, :]
         upper = cols > rows                                  # each unordered pair once
         same = y[start:stop, None] == y[None, start:]
-        genuine.append(sims[upper & same])
-        impostor.append(sims[upper & ~same])
+        genuine.append(sims.masked_select(upper & same))
+        impostor.append(sims.masked_select(upper & ~same))
     return torch.cat(genuine), torch.cat(impostor)
 
 
@@ -54,12 +54,17 @@ def _sampled_pairs(f_hat, y, max_pairs, seed, block_pairs):
     i = torch.randint(0, n, (max_pairs,), generator=gen)
     j = torch.randint(0, n - 1, (max_pairs,), generator=gen)
     j = j + (j >= i).long()                                 # uniform over j ≠ i
+    # Visiting pairs in order of i makes the row gathers of f_hat[i] cache-friendly; the
+    # multiset of pairs (all the metrics depend on) is unchanged.
+    i, by_i = torch.sort(i)
+    j = j.index_select(0, by_i)
     sims = torch.empty(max_pairs, dtype=f_hat.dtype)
     for start in range(0, max_pairs, block_pairs):
         stop = min(start + block_pairs, max_pairs)
-        sims[start:stop] = (f_hat[i[start:stop]] * f_hat[j[start:stop]]).sum(1)
-    same = y[i] == y[j]
-    return sims[same], sims[~same]
+        sims[start:stop] = torch.linalg.vecdot(f_hat.index_select(0, i[start:stop]),
+                                               f_hat.index_select(0, j[start:stop]))
+    same = y.index_select(0, i) == y.index_select(0, j)
+    return sims.masked_select(same), sims.masked_select(~same)
 
 
 def pair_similarities(features, labels, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0,
@@ -83,7 +88,8 @@ def pair_similarities(features, labels, max_pairs: int = DEFAULT_MAX_PAIRS, seed
         genuine, impostor = _all_pairs(f_hat, y, rows)
         sampled = False
     else:
-        genuine, impostor = _sampled_pairs(f_hat, y, int(max_pairs), int(seed), 65536)
+        # small blocks keep the gathered rows in cache (measured: 64k-pair blocks ~5x slower)
+        genuine, impostor = _sampled_pairs(f_hat, y, int(max_pairs), int(seed), 1024)
         sampled = True
     return genuine, impostor, sampled
 

@@ -107,9 +107,9 @@ def _pair_distances(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tenso
     """
     z = F.linear(mean_p, weight, bias) if centroid_logits is None else centroid_logits  # (P, K)
     numer = z.gather(1, present[:, None]) - z
-    sq_norm = (weight * weight).sum(1)
-    denom_sq = sq_norm[present][:, None] + sq_norm[None, :] - 2.0 * (weight[present] @ weight.t())
-    return numer / denom_sq.clamp_min(1e-24).sqrt()                      # max(‖w_c−w_j‖, 1e-12)
+    sq_norm = weight.pow(2).sum(1)
+    denom_sq = torch.addmm(sq_norm[present][:, None] + sq_norm[None, :], weight[present], weight.t(), alpha=-2.0)
+    return numer * denom_sq.clamp_min(1e-24).rsqrt()                     # ÷ max(‖w_c−w_j‖, 1e-12)
 
 
 def _mean_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
@@ -132,10 +132,14 @@ def _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits=No
         dist = _pair_distances(mean_p, present, weight, bias, centroid_logits)
         dist[torch.arange(present.numel(), device=dist.device), present] = float("inf")
         nearest = dist.argmin(1) if present.numel() else present
-    diff = weight[present] - weight[nearest]
+    n = present.numel()
+    pairs = torch.cat([present, nearest])  # one gather (and one scatter in backward) for both ends
+    w_pairs = weight[pairs]
+    diff = w_pairs[:n] - w_pairs[n:]
     numer = (diff * mean_p).sum(1)
     if bias is not None:
-        numer = numer + bias[present] - bias[nearest]
+        b_pairs = bias[pairs]
+        numer = numer + (b_pairs[:n] - b_pairs[n:])
     d_nearest = numer / torch.linalg.vector_norm(diff, dim=1).clamp_min(1e-12)
     return F.relu(delta_d - d_nearest)
 

@@ -81,7 +81,7 @@ def _worker(rank, world_size, payload):
     return {case: _run_case(rank, *case) for case in payload}
 
 
-CASES = [("lmdl", False), ("center", False), ("lmdl", True)]
+CASES = [("lmdl", False), ("center", False), ("lmdl", True), ("center", True)]
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,17 @@ def test_two_processes_match_one_process(head_name, distributed_runs):
         torch.testing.assert_close(ce_mean, ref["terms"]["ce"], rtol=1e-12, atol=1e-12)
     if head_name == "lmdl":
         assert bool(single[-1]["buffers"]["head.seen"].all())
+
+
+@pytest.mark.distributed
+def test_center_rank_with_empty_batch_joins_collectives(distributed_runs):
+    xs, ys = _data()
+    single = _train(_Net("center").double(), list(zip(xs, ys)))
+    ranks = distributed_runs[("center", True)]
+    for rec in ranks:
+        torch.testing.assert_close(rec[0]["buffers"]["head.centers"], single[0]["buffers"]["head.centers"],
+                                   rtol=1e-12, atol=1e-12)
+    assert ranks[1][0]["terms"]["ce"].item() == 0.0
 
 
 @pytest.mark.distributed

@@ -2,7 +2,6 @@
 excluded from means and paired tests, every section is rendered, HTML is self-contained."""
 
 import base64
-import re
 from html.parser import HTMLParser
 
 import numpy as np

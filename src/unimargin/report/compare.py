@@ -19,7 +19,6 @@ Outputs in ``out``: ``runs/<head>/seed<k>/`` (one engine run directory each),
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -35,15 +34,12 @@ from .records import (
     RunOutputs,
     RunRecord,
     completed_runs,
-    heads_in_order,
     read_history,
     record_from_summary,
 )
 from .render import Document
-from .stats import summarize
 from .tables import (
     PAIRED_METRICS,
-    Table,
     diverged_table,
     format_p,
     format_summary,

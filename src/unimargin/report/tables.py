@@ -263,7 +263,7 @@ def paired_table(records: Sequence[RunRecord], key: str, baseline: str = "softma
     for head in heads:
         seeds, test = paired_for(records, head, baseline, key)
         if test.n == 0:
-            rows.append([f"`{head}`", "—", "—", "—", "—", "—", "no paired seeds"])
+            rows.append([f"`{head}`", "—", "—", "—", "—", "—", "—", "no paired seeds"])
             continue
         diffs = ", ".join(
             f"s{s}: {d * _scale(key):+.{2 if key in PERCENT_KEYS else 4}f}"
@@ -274,12 +274,14 @@ def paired_table(records: Sequence[RunRecord], key: str, baseline: str = "softma
             str(test.n),
             diffs,
             f"{test.mean_difference * _scale(key):+.{2 if key in PERCENT_KEYS else 4}f}",
+            f"{sum(d > 0 for d in test.differences)}/{test.n}",
             format_p(test.t_p_value),
             format_p(test.sign_flip_p) + ("" if test.sign_flip_exact else " (MC)"),
             _verdict(test, direction),
         ])
     return Table(
-        ["head", "paired seeds", f"Δ = head − {baseline} per seed", "mean Δ", "paired t p", "sign-flip p", "verdict"],
+        ["head", "paired seeds", f"Δ = head − {baseline} per seed", "mean Δ", "seeds with Δ > 0",
+         "paired t p", "sign-flip p", "verdict"],
         rows,
     )
 

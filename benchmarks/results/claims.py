@@ -1,0 +1,58 @@
+"""Check the papers' claims (SPEC §4) on the records of finished `unimargin compare` runs.
+
+    python benchmarks/results/claims.py runs/mnist1d_all runs/fashion
+
+Reads OUT/records.json of each compare directory and prints, as Markdown, the paired
+tests behind docs/RESULTS.md: lmdl SW > softmax SW; bce-u Uni > softmax Uni with SW >=
+softmax; bce-u's learned threshold within 1 point of Uni at t*. Completed runs only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from unimargin.report.records import RunRecord
+from unimargin.report.tables import format_p, format_summary, paired_for, summary_for
+
+
+def load(directory: str) -> list[RunRecord]:
+    raw = json.loads((Path(directory) / "records.json").read_text())
+    return [RunRecord(head=r["head"], seed=r["seed"], status=r["status"], final=r["final"],
+                      runtime_s=r["runtime_s"], epochs_completed=r["epochs_completed"],
+                      message=r["message"], open_set=r.get("open_set") or {}) for r in raw]
+
+
+def paired_line(records, head, key, baseline="softmax") -> str:
+    seeds, test = paired_for(records, head, baseline, key)
+    if test.n == 0:
+        return f"| {head} − {baseline} | {key} | no paired seeds | | | | |"
+    scale = 100.0 if key in ("sw", "cw", "uni") else 1.0
+    wins = sum(d > 0 for d in test.differences)
+    return (f"| {head} − {baseline} | {key} | {format_summary(key, summary_for(records, head, key))} vs "
+            f"{format_summary(key, summary_for(records, baseline, key))} | {test.mean_difference * scale:+.2f} | "
+            f"{wins}/{test.n} | {format_p(test.t_p_value)} | {format_p(test.sign_flip_p)} |")
+
+
+def main(directories: list[str]) -> None:
+    for directory in directories:
+        records = load(directory)
+        heads = {r.head for r in records}
+        print(f"### {directory}\n")
+        print("| comparison | metric | mean ± std (head vs baseline) | mean Δ | seeds head > baseline | paired t p | sign-flip p |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for head, key in [("lmdl", "sw"), ("lmdl", "uni"), ("bce-u", "sw"), ("bce-u", "uni")]:
+            if head in heads and "softmax" in heads:
+                print(paired_line(records, head, key))
+        if "bce-u" in heads:
+            loss = summary_for(records, "bce-u", "uni_loss_learned")
+            worst = max(loss.values) if loss.values else None
+            print(f"\nbce-u Uni(t*) − Uni(t_l): {format_summary('uni_loss_learned', loss)} points "
+                  f"(worst seed {worst * 100:.2f}); |t_l − t*| = "
+                  f"{format_summary('threshold_distance', summary_for(records, 'bce-u', 'threshold_distance'))}, "
+                  f"relative {format_summary('threshold_distance_rel', summary_for(records, 'bce-u', 'threshold_distance_rel'))}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -35,11 +35,42 @@ def paired_line(records, head, key, baseline="softmax") -> str:
             f"{wins}/{test.n} | {format_p(test.t_p_value)} | {format_p(test.sign_flip_p)} |")
 
 
+TABLE_KEYS = [("sw", "SW %"), ("cw", "CW %"), ("uni", "Uni %"), ("t_star", "t*"),
+              ("learned_threshold", "t_l"), ("uni_at_learned", "Uni(t_l) %"), ("sep_auc", "sep AUC"),
+              ("intra_class_cosine", "intra cos ↑"), ("inter_class_angle_min", "min angle ↑"),
+              ("compactness_ratio", "intra/inter ↓"), ("centroid_margin_min", "centroid margin ↑")]
+OPEN_SET_KEYS = [("verif_roc_auc", "verif AUC ↑"), ("verif_eer", "EER ↓"), ("verif_tar_at_far_1e-2", "TAR@1e-2 ↑"),
+                 ("reject_auroc", "reject AUROC ↑"), ("reject_open_set_accuracy", "open-set acc % ↑"),
+                 ("reject_known_accept_rate", "known accepted % ↑"), ("reject_unknown_reject_rate", "unknown rejected % ↑")]
+
+
+def head_table(records, keys) -> str:
+    from unimargin.report.records import heads_in_order
+    from unimargin.report.stats import summarize
+
+    lines = ["| head | ok | " + " | ".join(label for _, label in keys) + " | s/run |",
+             "|" + " --- |" * (len(keys) + 3)]
+    for head in heads_in_order(records):
+        ok = [r for r in records if r.head == head and r.ok]
+        cells = []
+        for key, _ in keys:
+            summary = summary_for(records, head, key)
+            text = format_summary(key, summary, digits=2 if key not in ("sep_auc", "intra_class_cosine", "verif_roc_auc", "verif_eer", "reject_auroc", "verif_tar_at_far_1e-2") else 3)
+            cells.append(text)
+        runtime = summarize([r.runtime_s for r in ok])
+        lines.append(f"| {head} | {len(ok)}/{sum(r.head == head for r in records)} | " + " | ".join(cells)
+                     + f" | {runtime.mean or 0:.0f} |")
+    return "\n".join(lines)
+
+
 def main(directories: list[str]) -> None:
     for directory in directories:
         records = load(directory)
         heads = {r.head for r in records}
         print(f"### {directory}\n")
+        print(head_table(records, TABLE_KEYS) + "\n")
+        if any(r.open_set for r in records):
+            print(head_table(records, OPEN_SET_KEYS) + "\n")
         print("| comparison | metric | mean ± std (head vs baseline) | mean Δ | seeds head > baseline | paired t p | sign-flip p |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for head, key in [("lmdl", "sw"), ("lmdl", "uni"), ("bce-u", "sw"), ("bce-u", "uni")]:

@@ -40,12 +40,31 @@ def all_reduce_sum(tensor: torch.Tensor, differentiable: bool = False) -> torch.
     if not is_distributed():
         return tensor
     if differentiable:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return _AllReduceSum.apply(tensor)
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the backward of a sum-reduction is the sum-reduction of the
+    incoming gradients (every rank's output depends on every rank's input).
+
+    Written here rather than taken from ``torch.distributed.nn.functional``, which
+    torch 2.13 marks as deprecated.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = grad_output.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,8 @@ def test_ranking_matches_sklearn(seed, tied):
     np.testing.assert_array_equal(thr.numpy()[1:], sk_thr[1:])
     y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
     assert _ranking.auc(pos, neg) == pytest.approx(roc_auc_score(y, np.r_[pos, neg]), abs=1e-12)
+    tp, fp, _ = _ranking.roc_counts(pos, neg)
+    assert _ranking.auc_from_counts(tp, fp) == _ranking.auc(pos, neg)
     assert _ranking.eer(fpr, tpr) == pytest.approx(_sk_eer(sk_fpr, sk_tpr), abs=1e-9)
     for far in (0.5, 0.1, 0.01):
         got = _ranking.tar_at_far(fpr, tpr, far, n_neg)

@@ -122,7 +122,7 @@ def verification(features, labels, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int
     acc, thr = _ranking.best_accuracy_from_counts(tp, fp, thresholds, genuine.numel(),
                                                   impostor.numel())
     out = {
-        "roc_auc": _ranking.auc(genuine, impostor),
+        "roc_auc": _ranking.auc_from_counts(tp, fp),
         "eer": _ranking.eer(fpr, tpr),
     }
     for far in FAR_LEVELS:

@@ -1,0 +1,177 @@
+"""The engine end to end on small MNIST-1D subsets: run files, reload, resume after SIGKILL
+(bitwise), divergence, torchrun equality, output-directory protection."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from unimargin.heads import HeadOutput
+from unimargin.train import (TrainConfig, compute_outputs, evaluate_outputs, load_run,
+                             load_splits, train)
+from unimargin.train.engine import Diverged, _loss_guard
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SMALL = dict(dataset="mnist1d", limit_train=384, limit_test=200, batch_size=64, feat_dim=16,
+             quiet=True, num_threads=1)
+_VOLATILE = ("time_s", "train_time_s")
+
+
+def _lines(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _strip_times(history):
+    return [{k: v for k, v in r.items() if k not in _VOLATILE} for r in history]
+
+
+def test_run_files_and_reload_reproduce_the_reported_metrics(tmp_path):
+    out = str(tmp_path / "run")
+    summary = train(TrainConfig(head="lmdl", epochs=2, out=out, **SMALL))
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert set(summary) >= {"status", "message", "epochs_completed", "runtime_s", "final",
+                            "config", "out"}
+    assert sorted(os.listdir(out)) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
+    records = _lines(os.path.join(out, "metrics.jsonl"))
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["status"] == "ok" for r in records)
+    assert set(records[0]["train"]["terms"]) == {"ce", "compact", "margin", "reg"}
+    for key in ("sw", "cw", "uni", "t_star", "sep_auc", "intra_class_distance", "centroid_margin_min"):
+        assert key in records[-1]["test"]
+    assert summary["final"] == records[-1]["test"]
+    with open(os.path.join(out, "summary.json")) as fh:
+        assert json.load(fh)["final"] == summary["final"]
+
+    # The checkpoint holds exactly the evaluated state: recomputing gives the same numbers.
+    run = load_run(out)
+    assert run.epoch == 2 and run.config.head == "lmdl" and len(run.history) == 2
+    splits = load_splits(run.config)
+    features, scores = compute_outputs(run.model, run.head, splits.x_test)
+    again = evaluate_outputs(features, scores, splits.y_test, run.head)
+    assert again == summary["final"]
+    # Independent check of sw: top-1 accuracy of the scores (ties count as wrong).
+    top2 = scores.topk(2, dim=1)
+    correct = (top2.indices[:, 0] == splits.y_test) & (top2.values[:, 0] > top2.values[:, 1])
+    assert again["sw"] == pytest.approx(correct.double().mean().item(), abs=1e-12)
+
+
+def test_existing_run_is_protected(tmp_path):
+    out = str(tmp_path / "run")
+    train(TrainConfig(head="softmax", epochs=1, out=out, **SMALL))
+    before = {f: os.path.getmtime(os.path.join(out, f)) for f in ("metrics.jsonl", "config.yaml")}
+    ckpt = open(os.path.join(out, "checkpoints", "last.pt"), "rb").read()
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        train(TrainConfig(head="softmax", epochs=1, out=out, **SMALL))
+    assert before == {f: os.path.getmtime(os.path.join(out, f)) for f in before}
+    assert open(os.path.join(out, "checkpoints", "last.pt"), "rb").read() == ckpt
+    with pytest.raises(ValueError, match="cannot resume.*head"):
+        train(TrainConfig(head="lmdl", epochs=2, out=out, resume=True, **SMALL))
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    # bce-u with negative sampling draws from the global torch RNG in every step, so this
+    # also checks that the RNG state is saved and restored.
+    common = dict(SMALL, head="bce-u", head_params={"neg_rate": 0.5}, epochs=3)
+    ref_out, killed_out = str(tmp_path / "ref"), str(tmp_path / "killed")
+    cli = [sys.executable, "-m", "unimargin.cli", "train", "--dataset", "mnist1d", "--head", "bce-u",
+           "--head-param", "neg_rate=0.5", "--epochs", "3", "--limit-train", "384",
+           "--limit-test", "200", "--batch-size", "64", "--feat-dim", "16", "--quiet",
+           "--num-threads", "1", "--out", killed_out]
+    env = dict(os.environ, UNIMARGIN_TEST_KILL_AFTER_EPOCH="2")
+    proc = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert [r["epoch"] for r in _lines(os.path.join(killed_out, "metrics.jsonl"))] == [1, 2]
+    assert not os.path.exists(os.path.join(killed_out, "summary.json"))
+
+    resumed = train(TrainConfig(out=killed_out, resume=True, **common))
+    reference = train(TrainConfig(out=ref_out, **common))
+    assert resumed["status"] == reference["status"] == "completed"
+    a = torch.load(os.path.join(killed_out, "checkpoints", "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(ref_out, "checkpoints", "last.pt"), weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert _strip_times(a["history"]) == _strip_times(b["history"])
+    assert resumed["final"] == reference["final"]
+    assert _strip_times(_lines(os.path.join(killed_out, "metrics.jsonl"))) == \
+        _strip_times(_lines(os.path.join(ref_out, "metrics.jsonl")))
+
+
+def test_huge_lr_diverges_with_a_clear_outcome(tmp_path):
+    out = str(tmp_path / "run")
+    summary = train(TrainConfig(head="softmax", epochs=2, lr=1e6, warmup_epochs=0, out=out, **SMALL))
+    assert summary["status"] == "diverged"
+    assert "epoch 1, step" in summary["message"]
+    assert summary["diverged"]["epoch"] == 1 and summary["diverged"]["term"]
+    last = _lines(os.path.join(out, "metrics.jsonl"))[-1]
+    assert last["status"] == "diverged" and last["message"] == summary["message"]
+    with open(os.path.join(out, "summary.json")) as fh:
+        assert json.load(fh)["status"] == "diverged"
+    assert not os.path.exists(os.path.join(out, "checkpoints", "last.pt"))  # never a bad state
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    out = str(tmp_path / "run")
+    train(TrainConfig(head="lmdl", epochs=1, out=out, **SMALL))
+    path = os.path.join(out, "checkpoints", "last.pt")
+    good = open(path, "rb").read()
+    # Continue for two more epochs with a feature-norm bound every feature violates.
+    summary = train(TrainConfig(head="lmdl", epochs=3, out=out, resume=True,
+                                max_feature_norm=1e-3, **SMALL))
+    assert summary["status"] == "diverged"
+    assert summary["diverged"] == {"epoch": 2, "step": 1, "term": "features"}
+    assert "max_feature_norm" in summary["message"]
+    assert open(path, "rb").read() == good
+    assert load_run(out).epoch == 1
+    assert summary["final"] == _lines(os.path.join(out, "metrics.jsonl"))[0]["test"]
+
+
+def test_loss_guard_names_the_non_finite_term():
+    cfg = TrainConfig()
+    out = HeadOutput(torch.tensor(float("nan")), torch.zeros(2, 3),
+                     {"ce": torch.tensor(1.0), "margin": torch.tensor(float("inf"))})
+    with pytest.raises(Diverged, match=r"epoch 4, step 7: the loss is not finite \(term: margin\)"):
+        _loss_guard(cfg, out, 4, 7)
+    big = HeadOutput(torch.tensor(1.0), torch.full((2, 3), 1e9), {})
+    with pytest.raises(Diverged, match="max_score"):
+        _loss_guard(cfg, big, 1, 1)
+    _loss_guard(cfg, HeadOutput(torch.tensor(1.0), torch.zeros(2, 3), {}), 1, 1)  # healthy
+
+
+def test_bf16_backbone_keeps_head_in_float32(tmp_path):
+    summary = train(TrainConfig(head="bce-u", epochs=1, bf16=True, out=str(tmp_path / "r"), **SMALL))
+    assert summary["status"] == "completed"
+    run = load_run(tmp_path / "r")
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())
+    assert run.model.features(torch.zeros(2, 1, 40)).dtype == torch.float32
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    sys.path.insert(0, HERE)
+    import ddp_script
+
+    ddp_out, single_out = str(tmp_path / "ddp"), str(tmp_path / "single")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--standalone", os.path.join(HERE, "ddp_script.py"), ddp_out]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_script.main(single_out)
+    for head in ddp_script.HEADS:
+        a = torch.load(os.path.join(ddp_out, head, "checkpoints", "last.pt"), weights_only=True)
+        b = torch.load(os.path.join(single_out, head, "checkpoints", "last.pt"), weights_only=True)
+        assert a["model"].keys() == b["model"].keys()
+        for k in a["model"]:
+            torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6,
+                                       msg=f"{head}: {k}")
+        ha, hb = a["history"][0], b["history"][0]
+        assert ha["train"]["loss"] == pytest.approx(hb["train"]["loss"], rel=1e-5)
+        for key in ("sw", "uni", "sep_auc"):
+            assert ha["test"][key] == pytest.approx(hb["test"][key], abs=1e-6)
+        assert ha["test"]["n"] == hb["test"]["n"] == 200  # exact gather, no duplicates

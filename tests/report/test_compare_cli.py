@@ -36,8 +36,10 @@ def _check_html(path):
 
 def test_compare_tiny_open_set(tmp_path):
     out = tmp_path / "cmp"
+    config = tmp_path / "options.yaml"
+    config.write_text("normalize_input: true\n")  # not a compare flag: goes to a YAML in the rerun command
     status = main(["compare", "--heads", "softmax,bce-u", "--unknown-classes", "8,9", "--out", str(out),
-                   "--head-param", "bce-u:neg_weight=1.0", "--jobs", "1", *TINY])
+                   "--head-param", "bce-u:neg_weight=1.0", "--jobs", "1", "--config", str(config), *TINY])
     assert status == 0
     markdown = (out / "report.md").read_text()
     for section in ["## Verdict", "## Summary", "## Paired comparison with softmax", "### sw ↑ (%)",
@@ -59,13 +61,17 @@ def test_compare_tiny_open_set(tmp_path):
     assert "| `softmax` | sgd |" in markdown or "| `softmax` | adamw |" in markdown
     assert "unimargin compare --dataset digits --heads softmax,bce-u --seeds 2 --epochs 1" in markdown
     assert "--unknown-classes 8,9" in markdown and "--head-param bce-u:neg_weight=1.0" in markdown
+    assert f"--config {out / 'compare_options.yaml'}" in markdown
+    import yaml
+
+    assert yaml.safe_load((out / "compare_options.yaml").read_text()) == {"normalize_input": True}
     assert len(_check_html(out / "report.html")) == 4
 
 
 def test_sweep_tiny(tmp_path):
     out = tmp_path / "sweep"
     status = main(["sweep", "--head", "lmdl", "--param", "delta_d", "--values", "1.0,3.0", "--out", str(out),
-                   "--jobs", "2", *TINY])  # the parallel path
+                   "--jobs", "2", "--no-nesterov", *TINY])  # the parallel path
     assert status == 0
     markdown = (out / "report.md").read_text()
     assert "## Metrics by value" in markdown and "| `1.0` | 2/2 |" in markdown and "| `3.0` | 2/2 |" in markdown
@@ -73,6 +79,8 @@ def test_sweep_tiny(tmp_path):
     records = json.loads((out / "records.json").read_text())
     assert sorted({r["param_value"] for r in records}) == [1.0, 3.0]
     assert all(r["config"]["head_params"]["delta_d"] == r["param_value"] for r in records)
+    assert all(r["config"]["nesterov"] is False for r in records)
+    assert "--values 1.0,3.0" in markdown and "--no-nesterov" in markdown and "nesterov | weight_decay" in markdown
     _check_html(out / "report.html")
 
 
@@ -88,3 +96,10 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert parse_values("1, 0.5,true,cosine") == [1, 0.5, True, "cosine"]
     with pytest.raises(ValueError, match="duplicates"):
         parse_values("1,1")
+
+
+def test_cli_options_match_the_flags():
+    from unimargin.report.commands import _TRAIN_DESTS
+    from unimargin.report.compare import CLI_OPTIONS
+
+    assert set(CLI_OPTIONS) == set(_TRAIN_DESTS) | {"unknown_classes"}

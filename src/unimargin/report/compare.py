@@ -187,21 +187,46 @@ def run_outputs(run_dir: str | Path, x_test: torch.Tensor, y_test: torch.Tensor,
 
 
 # --------------------------------------------------------------------------- running
-def _canonical_command(name: str, options: dict[str, Any]) -> str:
+# Training options that `compare` / `sweep` accept as flags (commands.py); any other
+# override is written to a YAML file that the rerun command passes with --config.
+CLI_OPTIONS = ("model", "feat_dim", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "limit_train", "limit_test",
+               "data_dir", "num_threads", "device", "unknown_classes")
+
+
+def _flag_parts(key: str, value: Any) -> list[str]:
+    flag = "--" + key.replace("_", "-")
+    if value is None:
+        return []
+    if value is True:
+        return [flag]
+    if value is False:
+        return ["--no-" + key.replace("_", "-")]
+    if isinstance(value, (list, tuple)):
+        return [flag, ",".join(str(v) for v in value)]
+    if isinstance(value, dict):
+        parts: list[str] = []
+        for sub_key, sub_value in value.items():
+            parts += [flag, f"{sub_key}={sub_value}"]
+        return parts
+    return [flag, str(value)]
+
+
+def _canonical_command(name: str, flags: dict[str, Any], overrides: dict[str, Any], out: Path) -> str:
+    """The exact command that reruns this compare/sweep, every setting explicit."""
     parts = ["unimargin", name]
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, ",".join(str(v) for v in value)]
-        elif isinstance(value, dict):
-            for sub_key, sub_value in value.items():
-                parts += [flag, f"{sub_key}={sub_value}"]
-        else:
-            parts += [flag, str(value)]
+    for key, value in flags.items():
+        parts += _flag_parts(key, value)
+    extra = {k: v for k, v in overrides.items() if k not in CLI_OPTIONS and k != "quiet"}
+    for key, value in overrides.items():
+        if key in CLI_OPTIONS:
+            parts += _flag_parts(key, value)
+    if extra:
+        from unimargin.train.config import save_yaml
+
+        path = Path(out) / f"{name}_options.yaml"
+        save_yaml(extra, path)
+        parts += ["--config", str(path)]
     return shlex.join(parts)
 
 
@@ -390,9 +415,8 @@ def run_compare(
         command = _canonical_command("compare", dict(
             dataset=dataset, heads=head_names, seeds=seeds, first_seed=first_seed or None, epochs=epochs,
             out=str(out),
-            **{k: v for k, v in overrides.items() if k != "quiet"},
             head_param={f"{h}:{k}": v for h, p in head_params.items() for k, v in p.items()} or None,
-        ))
+        ), overrides, out)
     overridden = [k for k in overrides if k in OPTIMIZER_FIELDS]
     return CompareResult(
         dataset=dataset,

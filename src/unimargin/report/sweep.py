@@ -206,10 +206,10 @@ def run_sweep(
     wall = time.perf_counter() - started
     if command is None:
         command = _canonical_command("sweep", dict(
-            head=head, param=param, values=value_list, dataset=dataset, seeds=seeds, first_seed=first_seed or None, epochs=epochs,
-            out=str(out), **{k: v for k, v in overrides.items() if k != "quiet"},
+            head=head, param=param, values=value_list, dataset=dataset, seeds=seeds,
+            first_seed=first_seed or None, epochs=epochs, out=str(out),
             head_param={f"{head}:{k}": v for k, v in fixed_head_params.items()} or None,
-        ))
+        ), overrides, out)
     first = resolve_config(TrainConfig.from_dict(dict(base, head=head, seed=seed_list[0], out=str(out)), source="sweep"))
     return SweepResult(
         head=head, param=name, target=target, values=value_list, seeds=seed_list, epochs=epochs,

@@ -74,3 +74,15 @@ def test_yaml_errors_name_the_file(tmp_path):
     scalar.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="scalar.yaml.*mapping"):
         load_yaml(scalar)
+
+
+def test_example_configs_resolve():
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    files = sorted(glob.glob(os.path.join(root, "*.yaml")))
+    assert files, "no example configs found"
+    for path in files:
+        cfg = resolve_config(TrainConfig.from_dict(load_yaml(path), source=path))
+        assert cfg.lr > 0 and cfg.epochs >= 1

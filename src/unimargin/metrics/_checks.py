@@ -7,7 +7,8 @@ import torch
 
 def as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        return x.detach()
+        # metrics run on CPU (a no-op for CPU tensors; one copy for accelerator tensors)
+        return x.detach().cpu()
     try:
         return torch.as_tensor(x)
     except Exception as exc:  # pragma: no cover - message only

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ._checks import check_labels, check_matrix, check_nonempty
+from ._checks import as_tensor, check_labels, check_matrix, check_nonempty, check_vector
 
 _EPS = 1e-12
 RADIUS_QUANTILE = 0.95
@@ -69,7 +69,7 @@ def centroid_margins(features, labels, weight, bias=None) -> torch.Tensor:
     if bias is None:
         b = torch.zeros(num_classes, dtype=torch.float64)
     else:
-        b = torch.as_tensor(bias).detach().to(torch.float64).reshape(-1)
+        b = check_vector(as_tensor(bias, "bias").reshape(-1), "bias").to(torch.float64)
         if b.numel() != num_classes:
             raise ValueError(f"bias must have {num_classes} entries (one per class), got {b.numel()}")
     means, counts = _class_means(f, y, num_classes)

@@ -144,6 +144,84 @@ def _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits=No
     return F.relu(delta_d - d_nearest)
 
 
+DENSE_MAX_K = 128  # at most this many classes, LMDLHead uses the dense path (benchmarks/heads_speed.py)
+
+
+class LMDLDenseTerms(NamedTuple):
+    compact: Tensor         # L_compact (scalar)
+    margin: Tensor          # L_margin (scalar)
+    reg: Tensor             # L_reg (scalar)
+    present_mask: Tensor    # (K,) bool: classes present in the (global) batch
+    new_centroids: Tensor   # (K, d) detached m_c; rows of absent classes are meaningless
+
+
+def lmdl_terms_dense(
+    features: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    centroids: Tensor,
+    seen: Tensor,
+    *,
+    delta_v: float,
+    delta_d: float,
+    momentum: float,
+    aggregation: str = "max",
+    reduce: Callable[[Tensor], Tensor] = _identity,
+) -> LMDLDenseTerms:
+    """Same terms as :func:`lmdl_terms` (SPEC §2.6), computed for all K classes with masks.
+
+    For small K the cost of :func:`lmdl_terms` is dominated by per-op overhead (nonzero,
+    searchsorted, index gathers of the present classes), not by arithmetic. Here every
+    class gets a row: the one-hot matrix Y (B×K) gives the class sums Yᵀf and the
+    per-sample centroids Y m; absent classes have zero weight in every mean over C_B
+    (weights 1/|C_B| on present classes), and the pair distances are the full K×K matrix
+    with the self pair masked. No data-dependent shapes, no host synchronisation.
+    Cost O(K²d) for the pairs, so only meant for K ≲ B.
+    """
+    num_classes, dim = weight.shape
+    with torch.no_grad():
+        onehot = F.one_hot(labels, num_classes).to(features.dtype)             # Y (B×K)
+        counts = onehot.sum(0)
+    if reduce is _identity:
+        with torch.no_grad():  # Yᵀ diag(1/n_y) f = m̄ in one matmul (one autograd node)
+            inv_counts = counts.clamp_min(1).reciprocal()
+            mean_op = (onehot * inv_counts).t()
+        mean = mean_op.mm(features)                                            # m̄_c
+    else:  # the counts must be global: one collective for sums and counts
+        packed = reduce(torch.cat([onehot.t().mm(features), counts[:, None]], 1))
+        sums, counts = packed[:, :dim], packed[:, dim].detach()
+        inv_counts = counts.clamp_min(1).reciprocal()
+        mean = sums * inv_counts[:, None]
+    with torch.no_grad():
+        present_mask = counts > 0
+        # 1/|C_B| on present classes, 0 elsewhere (all-empty batch: terms are 0, not 0/0)
+        class_weight = present_mask.to(features.dtype) / present_mask.sum().clamp_min(1)
+        # per-sample weight 1/(n_c |C_B|): mean over the class, then over classes
+        sample_weight = onehot.mv(inv_counts * class_weight)
+        # lerp(m̄, M, μ) = (1−μ) m̄ + μ M for seen classes; lerp(m̄, M, 0) = m̄ otherwise
+        history_weight = seen.to(features.dtype)[:, None] * momentum  # exact μ, no float32 detour
+        is_self = torch.eye(num_classes, dtype=torch.bool, device=weight.device)
+    centroid = torch.lerp(mean, centroids.detach().to(features.dtype), history_weight)
+
+    dist_to_centroid = torch.linalg.vector_norm(features - onehot.mm(centroid), dim=1)
+    hinge_sq = F.relu(dist_to_centroid - delta_v).pow(2)
+    compact = reduce(hinge_sq.dot(sample_weight))
+
+    # d_cj of §2.6 for all K×K pairs; cdist = ‖w_c − w_j‖ in one autograd node
+    z = F.linear(mean, weight, bias)                                           # W m̄_c + b
+    dist = (z.diagonal()[:, None] - z) / torch.cdist(weight, weight).clamp_min(1e-12)
+    if aggregation == "max":
+        # max_{j≠c} [δ_d − d_cj]₊ = [δ_d − min_{j≠c} d_cj]₊: the hinge on K entries, not K²
+        per_class = F.relu(delta_d - dist.masked_fill(is_self, float("inf")).amin(1))
+    else:
+        per_class = F.relu(delta_d - dist).masked_fill(is_self, 0.0).sum(1) / (num_classes - 1)
+    margin = per_class.dot(class_weight)
+
+    reg = torch.linalg.vector_norm(centroid, dim=1).dot(class_weight)
+    return LMDLDenseTerms(compact, margin, reg, present_mask, centroid.detach())
+
+
 class LMDLHead(Head):
     """Loss = CE(W f + b, y) + λ (α L_compact + β L_margin + γ L_reg) (SPEC §2.6).
 
@@ -215,18 +293,24 @@ class LMDLHead(Head):
         logits = self._raw_scores(features)
         ce = cross_entropy_mean(logits, labels)
         reduce = (lambda t: udist.all_reduce_sum(t, differentiable=True)) if sync else _identity
-        terms = lmdl_terms(
-            features, labels, self.weight, self.bias, self.centroids, self.seen,
-            delta_v=self.delta_v, delta_d=self.delta_d, momentum=self.momentum,
-            aggregation=self.aggregation, reduce=reduce, logits=logits,
-        )
-        disc = (self.compact_weight * terms.compact + self.margin_weight * terms.margin
-                + self.reg_weight * terms.reg)
-        loss = ce + self.disc_weight * disc
+        hp = dict(delta_v=self.delta_v, delta_d=self.delta_d, momentum=self.momentum,
+                  aggregation=self.aggregation, reduce=reduce)
+        args = (features, labels, self.weight, self.bias, self.centroids, self.seen)
+        dense = self.num_classes <= DENSE_MAX_K
+        terms = lmdl_terms_dense(*args, **hp) if dense else lmdl_terms(*args, **hp, logits=logits)
+        # one stack + dot instead of five scalar autograd nodes (λα, λβ, λγ folded)
+        coef = logits.new_tensor([1.0, self.disc_weight * self.compact_weight,
+                                  self.disc_weight * self.margin_weight, self.disc_weight * self.reg_weight])
+        loss = torch.stack([ce, terms.compact, terms.margin, terms.reg]).dot(coef)
         if self.training:
             with torch.no_grad():
-                self.centroids.index_copy_(0, terms.present, terms.new_centroids.to(self.centroids.dtype))
-                self.seen.index_fill_(0, terms.present, True)
+                new = terms.new_centroids.to(self.centroids.dtype)
+                if dense:
+                    self.centroids.copy_(torch.where(terms.present_mask[:, None], new, self.centroids))
+                    self.seen.logical_or_(terms.present_mask)
+                else:
+                    self.centroids.index_copy_(0, terms.present, new)
+                    self.seen.index_fill_(0, terms.present, True)
         parts = {"ce": ce, "compact": terms.compact, "margin": terms.margin, "reg": terms.reg}
         return HeadOutput(loss, logits, {k: v.detach() for k, v in parts.items()})
 

@@ -134,3 +134,47 @@ def test_terms_same_with_and_without_batch_logits_shortcut():
     g2 = torch.autograd.grad(plain.margin, [f, head.weight, head.bias])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_and_sparse_paths_agree_over_steps(aggregation, bias):
+    # the head picks the dense (all-K, masked) path for small K; force both on one model
+    import unimargin.heads.lmdl as lmdl_mod
+
+    K, d = 7, 5
+    heads = {}
+    for name in ("dense", "sparse"):
+        torch.manual_seed(3)
+        heads[name] = build_head("lmdl", K, d, aggregation=aggregation, bias=bias, **HP).double()
+    gen = torch.Generator().manual_seed(5)
+    # classes 5, 6 never appear; 0 disappears then returns; a one-sample class in step 1
+    steps = [[0, 0, 1, 2, 2, 2], [1, 3, 3, 4, 4, 2], [0, 1, 1, 4, 4, 4, 3], [2, 2]]
+    for labels in steps:
+        y = torch.tensor(labels)
+        f = 2 * torch.randn(len(y), d, generator=gen, dtype=torch.float64)
+        results = {}
+        for name, head in heads.items():
+            old = lmdl_mod.DENSE_MAX_K
+            lmdl_mod.DENSE_MAX_K = K if name == "dense" else 0
+            try:
+                fi = f.clone().requires_grad_()
+                out = head(fi, y)
+            finally:
+                lmdl_mod.DENSE_MAX_K = old
+            grads = torch.autograd.grad(out.loss, [fi, *head.parameters()])
+            results[name] = (out, grads)
+            with torch.no_grad():
+                for p, g in zip(head.parameters(), grads[1:]):
+                    p -= 0.3 * g
+        (od, gd), (os_, gs) = results["dense"], results["sparse"]
+        torch.testing.assert_close(od.loss, os_.loss, rtol=1e-12, atol=1e-12)
+        for k in od.terms:
+            torch.testing.assert_close(od.terms[k], os_.terms[k], rtol=1e-12, atol=1e-12)
+        for a, b in zip(gd, gs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for name in ("centroids", "seen"):
+            torch.testing.assert_close(getattr(heads["dense"], name), getattr(heads["sparse"], name),
+                                       rtol=0, atol=1e-13)
+    assert heads["dense"].seen.tolist() == [True] * 5 + [False] * 2
+    assert torch.equal(heads["dense"].centroids[5:], torch.zeros(2, d, dtype=torch.float64))

@@ -144,6 +144,31 @@ def _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits=No
     return F.relu(delta_d - d_nearest)
 
 
+class _WeightedHingeNorm(torch.autograd.Function):
+    """Σ_i w_i [‖x_i‖₂ − δ]₊^p for p ∈ {1, 2}, with a hand-written backward.
+
+    One autograd node instead of norm/sub/relu/pow/dot (linalg.vector_norm's backward
+    alone costs more than the whole forward at small sizes). Gradient
+    w_i p [‖x_i‖ − δ]₊^{p−1} x_i / ‖x_i‖, taken as 0 where the hinge is inactive and
+    at x_i = 0 (the convention of vector_norm). ``weight`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, delta: float, power: int) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=1)
+        hinge = F.relu(norm - delta) if delta else norm
+        active = hinge > 0
+        slope = hinge * 2.0 if power == 2 else active.to(x.dtype)         # d[h]₊^p / dh
+        ctx.save_for_backward(x, torch.where(active, weight * slope / norm.clamp_min(1e-30), 0.0))
+        return (hinge.square() if power == 2 else hinge).dot(weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, coef = ctx.saved_tensors
+        return x * (coef * grad)[:, None], None, None, None
+
+
 DENSE_MAX_K = 128  # at most this many classes, LMDLHead uses the dense path (benchmarks/heads_speed.py)
 
 
@@ -181,7 +206,8 @@ def lmdl_terms_dense(
     """
     num_classes, dim = weight.shape
     with torch.no_grad():
-        onehot = F.one_hot(labels, num_classes).to(features.dtype)             # Y (B×K)
+        # Y (B×K); F.one_hot would re-validate the labels (Head.check_labels did) with a host sync
+        onehot = features.new_zeros((labels.shape[0], num_classes)).scatter_(1, labels[:, None], 1.0)
         counts = onehot.sum(0)
     if reduce is _identity:
         with torch.no_grad():  # Yᵀ diag(1/n_y) f = m̄ in one matmul (one autograd node)
@@ -204,21 +230,19 @@ def lmdl_terms_dense(
         is_self = torch.eye(num_classes, dtype=torch.bool, device=weight.device)
     centroid = torch.lerp(mean, centroids.detach().to(features.dtype), history_weight)
 
-    dist_to_centroid = torch.linalg.vector_norm(features - onehot.mm(centroid), dim=1)
-    hinge_sq = F.relu(dist_to_centroid - delta_v).pow(2)
-    compact = reduce(hinge_sq.dot(sample_weight))
+    compact = reduce(_WeightedHingeNorm.apply(features - onehot.mm(centroid), sample_weight, delta_v, 2))
 
     # d_cj of §2.6 for all K×K pairs; cdist = ‖w_c − w_j‖ in one autograd node
     z = F.linear(mean, weight, bias)                                           # W m̄_c + b
     dist = (z.diagonal()[:, None] - z) / torch.cdist(weight, weight).clamp_min(1e-12)
     if aggregation == "max":
         # max_{j≠c} [δ_d − d_cj]₊ = [δ_d − min_{j≠c} d_cj]₊: the hinge on K entries, not K²
-        per_class = F.relu(delta_d - dist.masked_fill(is_self, float("inf")).amin(1))
+        per_class = F.relu(delta_d - dist.masked_fill(is_self, float("inf")).min(1).values)
     else:
         per_class = F.relu(delta_d - dist).masked_fill(is_self, 0.0).sum(1) / (num_classes - 1)
     margin = per_class.dot(class_weight)
 
-    reg = torch.linalg.vector_norm(centroid, dim=1).dot(class_weight)
+    reg = _WeightedHingeNorm.apply(centroid, class_weight, 0.0, 1)
     return LMDLDenseTerms(compact, margin, reg, present_mask, centroid.detach())
 
 

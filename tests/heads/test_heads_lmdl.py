@@ -142,17 +142,23 @@ def test_dense_and_sparse_paths_agree_over_steps(aggregation, bias):
     # the head picks the dense (all-K, masked) path for small K; force both on one model
     import unimargin.heads.lmdl as lmdl_mod
 
-    K, d = 7, 5
+    K, d = 7, 8
     heads = {}
     for name in ("dense", "sparse"):
         torch.manual_seed(3)
         heads[name] = build_head("lmdl", K, d, aggregation=aggregation, bias=bias, **HP).double()
+        with torch.no_grad():  # near-orthogonal class vectors: well-separated centroids occur
+            heads[name].weight.copy_(torch.eye(K, d, dtype=torch.float64) + 0.05 * heads[name].weight)
     gen = torch.Generator().manual_seed(5)
-    # classes 5, 6 never appear; 0 disappears then returns; a one-sample class in step 1
-    steps = [[0, 0, 1, 2, 2, 2], [1, 3, 3, 4, 4, 2], [0, 1, 1, 4, 4, 4, 3], [2, 2]]
-    for labels in steps:
+    # classes 5, 6 never appear; 0 disappears then returns; a one-sample class in step 1;
+    # the last two steps put every centroid strictly inside its own decision region (all
+    # d_cj > 0 for j != c), where forgetting to exclude the self pair would change the max
+    steps = [[0, 0, 1, 2, 2, 2], [1, 3, 3, 4, 4, 2], [0, 1, 1, 4, 4, 4, 3], [2, 2], [0, 3, 3, 1]]
+    for step, labels in enumerate(steps):
         y = torch.tensor(labels)
         f = 2 * torch.randn(len(y), d, generator=gen, dtype=torch.float64)
+        if step >= 3:
+            f = 0.1 * f + 3 * heads["dense"].weight.detach()[y]
         results = {}
         for name, head in heads.items():
             old = lmdl_mod.DENSE_MAX_K

@@ -15,6 +15,7 @@ Targets (issue): lmdl <= 2x plain for K <= 1000; >= 10x faster than the loop at 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -54,10 +55,13 @@ def lmdl_loop_loss(head, f, y):
     return ce + head.disc_weight * disc
 
 
-def _timed(step) -> float:
-    t0 = time.perf_counter()
+def _timed(step) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call. CPU time (all threads of this process) is not
+    inflated when other jobs preempt us, which on a loaded machine hits long steps more
+    often than short ones and so biases wall-clock ratios upwards."""
+    w0, c0 = time.perf_counter(), time.process_time()
     step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def bench_config(B, K, d, repeats, warmup, seed=0):
@@ -81,13 +85,16 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
     if K <= LOOP_MAX_K:
         loop_head = build_head("lmdl", K, d)
         steps["lmdl-loop"] = make_step(lambda f: lmdl_loop_loss(loop_head, f, labels), loop_head)
-    times = {k: [] for k in steps}
+    wall = {k: [] for k in steps}
+    cpu = {k: [] for k in steps}
     for r in range(warmup + repeats):
         for k, step in steps.items():  # round-robin: load spikes hit every method
-            t = _timed(step)
+            tw, tc = _timed(step)
             if r >= warmup:
-                times[k].append(t)
-    return {k: statistics.median(v) for k, v in times.items()}
+                wall[k].append(tw)
+                cpu[k].append(tc)
+    return ({k: statistics.median(v) for k, v in wall.items()},
+            {k: statistics.median(v) for k, v in cpu.items()})
 
 
 def main(argv=None):
@@ -104,22 +111,29 @@ def main(argv=None):
     rows = []
     for B, K, d in configs:
         repeats = args.repeats or (3 if args.quick else (5 if K > LOOP_MAX_K else 9))
-        med = bench_config(B, K, d, repeats=repeats, warmup=1)
-        ratios = [med[n] / med["plain"] for n in names]
-        loop = f"{med['lmdl-loop'] / med['lmdl']:.1f}x" if "lmdl-loop" in med else "n/a (K > 1000)"
-        rows.append((B, K, d, med["plain"] * 1e3, ratios, loop, repeats))
+        meds = bench_config(B, K, d, repeats=repeats, warmup=1)
+        for clock, med in zip(("wall", "cpu"), meds):
+            ratios = [med[n] / med["plain"] for n in names]
+            loop = f"{med['lmdl-loop'] / med['lmdl']:.1f}x" if "lmdl-loop" in med else "n/a (K > 1000)"
+            rows.append((clock, B, K, d, med["plain"] * 1e3, ratios, loop, repeats))
         print(f"done B={B} K={K} d={d}", flush=True)
 
-    header = "| B | K | d | plain (ms) | " + " | ".join(names) + " | lmdl speed-up vs loop |"
-    sep = "|" + "---|" * (5 + len(names))
-    lines = [header, sep]
-    for B, K, d, plain_ms, ratios, loop, _ in rows:
-        lines.append(f"| {B} | {K} | {d} | {plain_ms:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios) + f" | {loop} |")
-    table = "\n".join(lines)
-    print(table)
+    tables = {}
+    for clock in ("wall", "cpu"):
+        header = "| B | K | d | plain (ms) | " + " | ".join(names) + " | lmdl speed-up vs loop |"
+        sep = "|" + "---|" * (5 + len(names))
+        lines = [header, sep]
+        for c, B, K, d, plain_ms, ratios, loop, _ in rows:
+            if c == clock:
+                lines.append(f"| {B} | {K} | {d} | {plain_ms:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios)
+                             + f" | {loop} |")
+        tables[clock] = "\n".join(lines)
+        print(f"{clock}:\n{tables[clock]}")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     meta = (
         f"torch {torch.__version__}, {platform.machine()}, {args.threads} thread(s), "
-        f"repeats per config: {', '.join(str(r[-1]) for r in rows)} (median), "
+        f"repeats per config: {', '.join(str(r[-1]) for r in rows if r[0] == 'wall')} (median), "
+        f"load average at the end (1/5/15 min) {load} on {os.cpu_count()} cores, "
         f"{'--quick, ' if args.quick else ''}{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     doc = f"""# Head speed: forward + backward, ratio to plain nn.Linear + F.cross_entropy
@@ -133,7 +147,15 @@ jobs (2 cores), so expect roughly ±20% noise on the ratios.
 
 Targets: lmdl <= 2x plain for K <= 1000; lmdl >= 10x faster than the loop at K = 1000.
 
-{table}
+Wall-clock ratios:
+
+{tables["wall"]}
+
+CPU-time ratios (`time.process_time`, same calls): the work done, insensitive to other
+jobs preempting this one (on a loaded machine wall-clock ratios of the longer steps are
+inflated because they are preempted more often):
+
+{tables["cpu"]}
 """
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

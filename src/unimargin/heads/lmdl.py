@@ -169,7 +169,7 @@ class _WeightedHingeNorm(torch.autograd.Function):
         return x * (coef * grad)[:, None], None, None, None
 
 
-DENSE_MAX_K = 128  # at most this many classes, LMDLHead uses the dense path (benchmarks/heads_speed.py)
+DENSE_MAX_K = 64  # at most this many classes, LMDLHead uses the dense path (crossover measured ~64)
 
 
 class LMDLDenseTerms(NamedTuple):

@@ -1,0 +1,78 @@
+"""evaluate_outputs / compute_outputs against brute-force references; metric directions."""
+
+import pytest
+import torch
+from torch import nn
+
+from unimargin import build_head
+from unimargin.train import compute_outputs, evaluate_outputs, metric_higher_is_better
+from unimargin.train.engine import UnimarginNet
+
+
+def _brute_uni_at(scores, labels, t):
+    p = scores.gather(1, labels[:, None])[:, 0]
+    masked = scores.clone()
+    masked.scatter_(1, labels[:, None], float("-inf"))
+    n = masked.max(dim=1).values
+    return ((n < t) & (t < p)).double().mean().item()
+
+
+def test_evaluate_outputs_learned_threshold_keys_match_brute_force():
+    torch.manual_seed(1)
+    head = build_head("bce-u", 4, 6)
+    with torch.no_grad():
+        head.bias.fill_(0.3)
+    features = torch.randn(200, 6)
+    labels = torch.randint(0, 4, (200,))
+    with torch.no_grad():
+        scores = head.scores(features)
+    out = evaluate_outputs(features, scores, labels, head)
+    assert out["learned_threshold"] == pytest.approx(0.3)
+    assert out["uni_at_learned"] == pytest.approx(_brute_uni_at(scores, labels, 0.3), abs=1e-12)
+    # Brute force over every candidate: midpoints between consecutive distinct p/n values.
+    p = scores.gather(1, labels[:, None])[:, 0]
+    n = scores.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
+    v = torch.cat([p, n]).unique().double()
+    cand = (v[1:] + v[:-1]) / 2
+    counts = ((n.double()[None] < cand[:, None]) & (cand[:, None] < p.double()[None])).double().mean(1)
+    assert out["uni"] == pytest.approx(counts.max().item(), abs=1e-12)
+    assert out["uni_at_learned"] == pytest.approx(_brute_uni_at(scores, labels, out["t_star"]) -
+                                                  out["uni_loss_learned"], abs=1e-12)
+    assert out["threshold_distance"] == pytest.approx(abs(0.3 - out["t_star"]))
+    assert out["n"] == 200
+
+
+def test_evaluate_outputs_without_learned_threshold():
+    head = build_head("softmax", 3, 5)
+    f, y = torch.randn(50, 5), torch.arange(50) % 3
+    out = evaluate_outputs(f, head.scores(f), y, head)
+    for key in ("learned_threshold", "uni_at_learned", "uni_loss_learned", "threshold_distance"):
+        assert out[key] is None
+    assert "centroid_margin_min" in out and "intra_class_distance" in out
+
+
+def test_compute_outputs_standardises_batches_and_restores_mode():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.BatchNorm1d(4))
+    head = build_head("lmdl", 3, 4)
+    mean, std = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.5])
+    net = UnimarginNet(backbone, head, mean, std).train()
+    x = torch.randn(10, 2, 4)
+    f, s = compute_outputs(net, head, x, batch_size=3)
+    assert net.training and head.training
+    net.eval()
+    with torch.no_grad():
+        ref_f = backbone((x - mean.view(1, 2, 1)) / std.view(1, 2, 1))
+    torch.testing.assert_close(f, ref_f)
+    torch.testing.assert_close(s, head.scores(ref_f))
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("sw", True), ("cw", True), ("uni", True), ("uni_at_learned", True), ("sep_auc", True),
+    ("uni_loss_learned", False), ("threshold_distance", False), ("threshold_distance_rel", False),
+    ("t_star", None), ("learned_threshold", None), ("loss", False), ("terms.margin", False),
+    ("intra_class_distance", False), ("intra_class_cosine", True), ("compactness_ratio", False),
+    ("inter_class_distance_min", True), ("no_such_metric", None),
+])
+def test_metric_directions(key, expected):
+    assert metric_higher_is_better(key) is expected

@@ -62,23 +62,27 @@ def lmdl_terms(
     mean of the logits. It is only used without ``reduce`` (local batch = whole batch).
     """
     num_classes, dim = weight.shape
-    sums = features.new_zeros((num_classes, dim)).index_add(0, labels, features)
     counts_all = torch.bincount(labels, minlength=num_classes).to(features.dtype)
     if reduce is not _identity:  # one collective for sums and counts
+        sums = features.new_zeros((num_classes, dim)).index_add(0, labels, features)
         packed = reduce(torch.cat([sums, counts_all[:, None]], 1))
         sums, counts_all = packed[:, :dim], packed[:, dim].detach()
     present = counts_all.nonzero().squeeze(1)  # sorted class ids of C_B
     n_present = max(present.numel(), 1)  # all-empty batch: terms are 0, not 0/0
     counts = counts_all[present]
+    rows = torch.searchsorted(present, labels)  # row of each sample's class in the P rows
 
     # only the P present classes are touched: O(P·d), not O(K·d), at large K
-    mean_p = sums[present] / counts[:, None]                                 # m̄_c
+    if reduce is _identity:  # local batch = whole batch: sum straight into the P rows
+        sums_p = features.new_zeros((present.numel(), dim)).index_add(0, rows, features)
+    else:
+        sums_p = sums[present]
+    mean_p = sums_p / counts[:, None]                                        # m̄_c
     history = centroids.detach()[present]  # a copy: the buffers are updated in place later
     # lerp(m̄, M, μ) = (1−μ) m̄ + μ M; M carries no gradient (stop-gradient)
     centroid_p = torch.where(seen.detach()[present][:, None], torch.lerp(mean_p, history, momentum), mean_p)
 
     # compactness: per-sample hinge, averaged per class, then over classes
-    rows = torch.searchsorted(present, labels)  # row of each sample's class in the P rows
     dist_to_centroid = torch.linalg.vector_norm(features - centroid_p[rows], dim=1)  # grad 0 at 0
     hinge_sq = F.relu(dist_to_centroid - delta_v).pow(2)
     hinge_per_class = reduce(features.new_zeros(present.numel()).index_add(0, rows, hinge_sq))

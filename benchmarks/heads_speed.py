@@ -147,6 +147,13 @@ jobs (2 cores), so expect roughly ±20% noise on the ratios.
 
 Targets: lmdl <= 2x plain for K <= 1000; lmdl >= 10x faster than the loop at K = 1000.
 
+lmdl uses its dense all-classes path for K <= 64 (`DENSE_MAX_K` in heads/lmdl.py) and the
+sparse present-classes path above. At K = 10 every step is a few dozen tiny tensor ops, so
+the ratio measures per-op overhead (each small op costs ~20-40 µs on this loaded machine),
+not arithmetic. `--threads 2` on the shared 2-core machine is dominated by OpenMP
+contention with the other jobs (plain K = 10 step ~80 ms instead of ~0.5 ms), so only the
+1-thread numbers are meaningful here.
+
 Wall-clock ratios:
 
 {tables["wall"]}

@@ -184,3 +184,59 @@ def test_dense_and_sparse_paths_agree_over_steps(aggregation, bias):
                                        rtol=0, atol=1e-13)
     assert heads["dense"].seen.tolist() == [True] * 5 + [False] * 2
     assert torch.equal(heads["dense"].centroids[5:], torch.zeros(2, d, dtype=torch.float64))
+
+
+def _fused_case(seed, K=5, d=3, B=9):
+    gen = torch.Generator().manual_seed(seed)
+    f = (2 * torch.randn(B, d, generator=gen, dtype=torch.float64)).requires_grad_()
+    W = torch.randn(K, d, generator=gen, dtype=torch.float64).requires_grad_()
+    b = (0.5 * torch.randn(K, generator=gen, dtype=torch.float64)).requires_grad_()
+    y = torch.tensor([0, 0, 0, 1, 1, 3, 3, 3, 3][:B])  # classes 2 and 4 absent
+    M = torch.randn(K, d, generator=gen, dtype=torch.float64)
+    seen = torch.tensor([True, False, True, True, False])  # 1 present+unseen, 2 absent+seen
+    return f, W, b, y, M, seen
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("delta_v, delta_d", [(0.3, 4.0), (0.0, 0.1), (50.0, -50.0)])
+def test_fused_step_gradcheck_float64(aggregation, bias, delta_v, delta_d):
+    # (0.3, 4): hinges mostly active; (0, 0.1): δ_v = 0 edge; (50, -50): every hinge inactive
+    from unimargin.heads.lmdl import LMDLFusedStep
+
+    f, W, b, y, M, seen = _fused_case(7)
+
+    def fn(f, W, *maybe_b):
+        loss, terms, _, _, logits = LMDLFusedStep.apply(
+            f, W, maybe_b[0] if bias else None, y, M, seen, delta_v, delta_d, 0.6,
+            aggregation == "max", 0.7, 1.3, 0.05)
+        # the logits output is differentiable too (a weighted use of it checks its backward)
+        return loss, (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)).sum()
+
+    assert torch.autograd.gradcheck(fn, (f, W, b) if bias else (f, W))
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_step_matches_autograd_dense_terms(aggregation, bias):
+    # the fused Function (hand-derived backward) vs the autograd dense path it replaces
+    from unimargin.heads.lmdl import LMDLFusedStep, lmdl_terms_dense
+    import torch.nn.functional as F
+
+    f, W, b, y, M, seen = _fused_case(11)
+    b = b if bias else None
+    coefs = (0.7, 1.3, 0.05)
+    loss, terms, new_c, present, logits = LMDLFusedStep.apply(
+        f, W, b, y, M, seen, 0.3, 4.0, 0.6, aggregation == "max", *coefs)
+    ref = lmdl_terms_dense(f, y, W, b, M, seen, delta_v=0.3, delta_d=4.0, momentum=0.6, aggregation=aggregation)
+    ce = F.cross_entropy(F.linear(f, W, b), y)
+    ref_loss = ce + coefs[0] * ref.compact + coefs[1] * ref.margin + coefs[2] * ref.reg
+    torch.testing.assert_close(terms, torch.stack([ce, ref.compact, ref.margin, ref.reg]).detach(),
+                               rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-13)
+    assert torch.equal(present, ref.present_mask)
+    torch.testing.assert_close(new_c[present], ref.new_centroids[present], rtol=0, atol=1e-14)
+    assert torch.equal(new_c[~present], M[~present])  # absent rows: the stored centroids, untouched
+    params = [f, W] + ([b] if bias else [])
+    for g, rg in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref_loss, params)):
+        torch.testing.assert_close(g, rg, rtol=1e-10, atol=1e-12)

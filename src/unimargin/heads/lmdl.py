@@ -250,6 +250,137 @@ def lmdl_terms_dense(
     return LMDLDenseTerms(compact, margin, reg, present_mask, centroid.detach())
 
 
+class LMDLFusedStep(torch.autograd.Function):
+    """CE + λ(α L_compact + β L_margin + γ L_reg) of SPEC §2.6 in ONE autograd node
+    (single process, all K classes, the masked formulation of :func:`lmdl_terms_dense`).
+
+    ``apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
+    max_aggregation, compact_coef, margin_coef, reg_coef)`` returns
+    ``(loss, terms, centroid, present_mask, logits)``: loss = ce + Σ coef · term with
+    terms = (ce, L_compact, L_margin, L_reg) detached; centroid (K×d, detached) = m_c for
+    present classes and M_c (unchanged) for absent ones, i.e. the new buffer;
+    logits = W f + b (differentiable). At small K the step costs per-op overhead, not
+    arithmetic, so the forward uses few tensor ops and the backward is derived by hand
+    (no autograd graph). With Y the one-hot labels (B×K), A = Y diag(1/n) and
+    ω = 1/|C_B| on present classes (0 elsewhere):
+
+    - Z = f Wᵀ + b; CE = mean_i −log softmax(Z)_{i,y_i}; ∂CE/∂Z = (softmax(Z) − Y)/B
+    - m̄ = Aᵀ f; the class mean of the logits z̄ = Aᵀ Z equals W m̄_c + b on every present
+      row, so the margin's gradient to f, W, b joins the CE's through ∂/∂Z
+      (absent rows have weight 0 in every term)
+    - m = lerp(sg(M), m̄, κ), κ = present·(1 − μ·seen), so ∂/∂m̄ = κ ∂/∂m
+    - compact = Σ_i s_i h_i², h_i = [‖r_i‖ − δ_v]₊, r_i = f_i − m_{y_i}, s = A ω;
+      ∂/∂r_i = 2 s_i h_i r_i/‖r_i‖, and ∂/∂m_c = −Σ_{i∈B_c} ∂/∂r_i
+    - d_cj = (z̄_cc − z̄_cj)/D_cj, D_cj = max(‖w_c − w_j‖, 1e-12) (torch.cdist);
+      ∂d_cj/∂D_cj = −d_cj/D_cj (0 where clamped) and with Q_cj = (∂L/∂D_cj)/D_cj,
+      S = Q + Qᵀ: ∇_W = diag(S 1) W − S W
+    - max aggregation: min_j's gradient goes to its arg-min (as torch.min's backward)
+    - reg = Σ_c ω_c ‖m_c‖, ∂/∂m_c = ω_c m_c/‖m_c‖ (0 at 0, as vector_norm)
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
+                max_aggregation, compact_coef, margin_coef, reg_coef):
+        batch = features.shape[0]
+        num_classes = weight.shape[0]
+        logits = features.mm(weight.t()) if bias is None else torch.addmm(bias, features, weight.t())
+        # Y (B×K); F.one_hot would re-validate the labels (Head.check_labels did) with a host sync
+        onehot = features.new_zeros((batch, num_classes)).scatter_(1, labels[:, None], 1.0)
+        counts = onehot.sum(0)
+        present = counts > 0
+        mean_op = onehot / counts.clamp_min(1)                                 # A (absent columns 0)
+        class_weight = present.to(features.dtype)
+        keep = torch.where(seen, class_weight * (1.0 - momentum), class_weight)[:, None]  # κ
+        class_weight /= class_weight.sum()                                     # ω (B > 0 here)
+        mean = mean_op.t().mm(features)                                        # m̄
+        centroid = torch.lerp(centroids.to(features.dtype), mean, keep)       # κ = 0: exactly M
+
+        resid = torch.addmm(features, onehot, centroid, alpha=-1.0)            # r_i = f_i − m_{y_i}
+        resid_norm = torch.linalg.vector_norm(resid, dim=1)
+        hinge = F.softshrink(resid_norm, delta_v)                              # = [‖r‖ − δ_v]₊ for ‖r‖ ≥ 0
+        weighted_hinge = hinge * mean_op.mv(class_weight)                      # s_i h_i
+        compact = hinge.dot(weighted_hinge)
+
+        log_prob = logits.log_softmax(1)
+        ce = F.nll_loss(log_prob, labels)
+
+        zbar = mean_op.t().mm(logits)                                          # W m̄_c + b
+        numer = zbar.diagonal()[:, None] - zbar
+        pair_dist = torch.cdist(weight, weight)                                # ‖w_c − w_j‖
+        inv_dist = pair_dist.clamp_min(1e-12).reciprocal_()
+        dist = numer * inv_dist                                                # d_cj
+        if max_aggregation:
+            dist.diagonal().fill_(float("inf"))
+            nearest_dist, nearest = dist.min(1)
+            margin_hinge = (delta_d - nearest_dist).clamp_min_(0.0)
+            margin = margin_hinge.dot(class_weight)
+        else:
+            margin_hinge = (delta_d - dist).clamp_min_(0.0)
+            margin_hinge.diagonal().zero_()
+            nearest = None
+            margin = margin_hinge.sum(1).dot(class_weight) / (num_classes - 1)
+
+        centroid_norm = torch.linalg.vector_norm(centroid, dim=1)
+        reg = centroid_norm.dot(class_weight)
+
+        terms = torch.stack([ce, compact, margin, reg])
+        loss = terms.dot(terms.new_tensor([1.0, compact_coef, margin_coef, reg_coef]))
+
+        ctx.save_for_backward(features, weight, onehot, mean_op, log_prob, resid, resid_norm,
+                              weighted_hinge, class_weight, centroid, centroid_norm, keep, numer,
+                              pair_dist, inv_dist, margin_hinge, nearest)
+        ctx.hp = (max_aggregation, compact_coef, margin_coef, reg_coef, bias is not None)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(terms, centroid, present)
+        return loss, terms, centroid, present, logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _terms, _centroid, _present, grad_logits):
+        (features, weight, onehot, mean_op, log_prob, resid, resid_norm, weighted_hinge, class_weight,
+         centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest) = ctx.saved_tensors
+        max_aggregation, compact_coef, margin_coef, reg_coef, has_bias = ctx.hp
+        batch, num_classes = onehot.shape
+        if grad_loss is None:  # only the logits are used downstream
+            grad_loss = features.new_zeros(())
+
+        # margin, per unit of β: G = −∂L_margin/∂d (≥ 0) on the active hinges
+        if max_aggregation:
+            active = class_weight.masked_fill(margin_hinge <= 0, 0.0)
+            grad_dist = torch.zeros_like(numer).scatter_(1, nearest[:, None], active[:, None])
+        else:
+            grad_dist = (margin_hinge > 0) * (class_weight / (num_classes - 1))[:, None]
+        grad_numer = grad_dist * inv_dist                                      # −∂L/∂numer
+        # Q = (∂L/∂D)/D = G·numer/D³ ; the clamp passes no gradient
+        pair_coef = (grad_numer * numer).mul_(inv_dist.masked_fill(pair_dist < 1e-12, 0.0).square_())
+        pair_sym = pair_coef + pair_coef.t()
+        pair_sym.diagonal().sub_(pair_sym.sum(1))                              # S − diag(S 1)
+        # ∂L/∂z̄ = β(G − diag(G 1)) since numer_cj = z̄_cc − z̄_cj
+        grad_numer.diagonal().sub_(grad_numer.sum(1))
+        grad_logits_total = torch.addmm(log_prob.exp().sub_(onehot).mul_(1.0 / batch), mean_op,
+                                        grad_numer, alpha=margin_coef)
+
+        # compactness (per unit of 2α) and reg (per unit of γ) through m = lerp(M, m̄, κ)
+        grad_resid = resid * (weighted_hinge / resid_norm.clamp_min(1e-30))[:, None]
+        grad_centroid = torch.addmm(centroid * (class_weight / centroid_norm.clamp_min(1e-30))[:, None],
+                                    onehot.t(), grad_resid, beta=reg_coef, alpha=-2.0 * compact_coef)
+        grad_mean = grad_centroid.mul_(keep)
+
+        grad_features = torch.addmm(grad_resid, grad_logits_total, weight, beta=2.0 * compact_coef)
+        grad_features.addmm_(mean_op, grad_mean)
+        grad_weight = grad_logits_total.t().mm(features).addmm_(pair_sym, weight, alpha=-margin_coef)
+        grads = [grad_features, grad_weight]
+        if has_bias:
+            grads.append(grad_logits_total.sum(0))
+        torch._foreach_mul_(grads, grad_loss)
+        if grad_logits is not None:  # logits used downstream as well: Z = f Wᵀ + b
+            grads[0].addmm_(grad_logits, weight)
+            grads[1].addmm_(grad_logits.t(), features)
+            if has_bias:
+                grads[2] += grad_logits.sum(0)
+        return (grads[0], grads[1], grads[2] if has_bias else None) + (None,) * 10
+
+
 class LMDLHead(Head):
     """Loss = CE(W f + b, y) + λ (α L_compact + β L_margin + γ L_reg) (SPEC §2.6).
 
@@ -318,13 +449,24 @@ class LMDLHead(Head):
         sync = self.training and udist.is_distributed()
         if features.shape[0] == 0 and not sync:
             return self._zero_output(features, names)
+        dense = self.num_classes <= DENSE_MAX_K
+        if dense and not sync:  # one autograd node for the whole step (the K ≲ 64 cost is per-op overhead)
+            lam = self.disc_weight
+            loss, terms, new_centroids, present_mask, logits = LMDLFusedStep.apply(
+                features, self.weight, self.bias, labels, self.centroids, self.seen, self.delta_v,
+                self.delta_d, self.momentum, self.aggregation == "max", lam * self.compact_weight,
+                lam * self.margin_weight, lam * self.reg_weight)
+            if self.training:
+                with torch.no_grad():  # absent classes' rows of new_centroids are the old M_c
+                    self.centroids.copy_(new_centroids)
+                    self.seen.logical_or_(present_mask)
+            return HeadOutput(loss, logits, dict(zip(names, terms.unbind())))
         logits = self._raw_scores(features)
         ce = cross_entropy_mean(logits, labels)
         reduce = (lambda t: udist.all_reduce_sum(t, differentiable=True)) if sync else _identity
         hp = dict(delta_v=self.delta_v, delta_d=self.delta_d, momentum=self.momentum,
                   aggregation=self.aggregation, reduce=reduce)
         args = (features, labels, self.weight, self.bias, self.centroids, self.seen)
-        dense = self.num_classes <= DENSE_MAX_K
         terms = lmdl_terms_dense(*args, **hp) if dense else lmdl_terms(*args, **hp, logits=logits)
         # one stack + dot instead of five scalar autograd nodes (λα, λβ, λγ folded)
         coef = logits.new_tensor([1.0, self.disc_weight * self.compact_weight,

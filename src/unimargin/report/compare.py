@@ -248,7 +248,7 @@ def _train_one(base: dict[str, Any], head: str, seed: int, head_params: dict[str
     if reuse:
         summary = _reusable_summary(run_dir)
         if summary is not None:
-            log(f"[compare] reuse {head} seed {seed}: {summary.get('status')}")
+            log(f"[run] reuse {run_dir}: {summary.get('status')}")
             return record_from_summary(head, seed, summary)
     options = dict(base)
     options.update(head=head, seed=seed, out=str(run_dir), head_params=dict(head_params),
@@ -260,12 +260,12 @@ def _train_one(base: dict[str, Any], head: str, seed: int, head_params: dict[str
     except (ValueError, TypeError):
         raise  # configuration errors are the user's to fix, not a "failed run"
     except Exception as error:  # a crash inside one run must not lose the other runs
-        log(f"[compare] {head} seed {seed} FAILED: {type(error).__name__}: {error}")
+        log(f"[run] {run_dir} FAILED: {type(error).__name__}: {error}")
         return RunRecord(head=head, seed=seed, status=FAILED, message=f"{type(error).__name__}: {error}",
                          runtime_s=time.perf_counter() - started, out=str(run_dir),
                          history=read_history(run_dir))
     record = record_from_summary(head, seed, summary)
-    log(f"[compare] {head} seed {seed}: {record.status} in {record.runtime_s:.1f}s "
+    log(f"[run] {run_dir}: {record.status} in {record.runtime_s:.1f}s "
         f"(sw={record.value('sw')}, uni={record.value('uni')})")
     return record
 

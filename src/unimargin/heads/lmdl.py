@@ -173,7 +173,8 @@ class _WeightedHingeNorm(torch.autograd.Function):
         return x * (coef * grad)[:, None], None, None, None
 
 
-DENSE_MAX_K = 64  # at most this many classes, LMDLHead uses the dense path (crossover measured ~64)
+DENSE_MAX_K = 64  # at most this many classes, LMDLHead uses the dense path (crossover measured ~64,
+# before the fused single-process step; not re-measured since)
 
 
 class LMDLDenseTerms(NamedTuple):
@@ -392,6 +393,10 @@ class LMDLHead(Head):
     Buffers ``centroids`` (K×d, init 0) and ``seen`` (K, bool) are persistent and updated
     only in training mode (M_c ← m_c for the classes of the batch). In eval mode the loss
     uses the stored centroids of seen classes but the buffers never change.
+
+    Single process with K ≤ ``DENSE_MAX_K``: the whole step (logits, CE and the three
+    terms) is one autograd node, :class:`LMDLFusedStep`, with a hand-derived backward;
+    otherwise :func:`lmdl_terms_dense` / :func:`lmdl_terms` under autograd.
 
     Distributed (training mode, torch.distributed initialised): class sums, counts and
     hinge sums are all-reduced with a differentiable all-reduce, so the discriminative

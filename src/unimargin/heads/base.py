@@ -210,6 +210,29 @@ class Head(nn.Module):
         return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}"
 
 
+class LinearHead(Head):
+    """A head whose scores are the affine logits z = W f + b (b optional; SPEC §2.1).
+
+    Shared by softmax, center and lmdl: same parameters, same scores, and a linear
+    closed-set decision, so ``linear_decision`` gives SPEC §3.6 centroid margins.
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int, bias: bool = True):
+        super().__init__(num_classes, feat_dim)
+        self.bias = nn.Parameter(torch.empty(self.num_classes)) if check_bool("bias", bias) else None
+
+    def reset_parameters(self) -> None:
+        self.reset_weight()
+        self.reset_linear_bias()
+
+    def _raw_scores(self, features: Tensor) -> Tensor:
+        return F.linear(features, self.weight, self.bias)
+
+    def linear_decision(self):
+        b = self.bias if self.bias is not None else self.weight.new_zeros(self.num_classes)
+        return self.weight, b
+
+
 def cross_entropy_mean(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean CE over the local batch; 0 (still in the graph) for an empty batch."""
     return F.cross_entropy(logits, labels, reduction="sum") / max(labels.shape[0], 1)

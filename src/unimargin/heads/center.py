@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import distributed as udist
-from .base import Head, HeadOutput, check_bool, check_real, cross_entropy_mean
+from .base import HeadOutput, LinearHead, check_real, cross_entropy_mean
 
 
 def class_sums_and_counts(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -27,7 +26,7 @@ def center_update(centers: Tensor, sums: Tensor, counts: Tensor, center_lr: floa
     return centers - center_lr * delta
 
 
-class CenterHead(Head):
+class CenterHead(LinearHead):
     """Loss = CE(W f + b, y) + λ_c · ½ · mean_i ‖f_i − c_{y_i}‖² (SPEC §2.5).
 
     Hyper-parameters: ``center_weight=0.01`` (λ_c ≥ 0), ``center_lr=0.5`` (α ∈ [0, 1]),
@@ -43,24 +42,15 @@ class CenterHead(Head):
 
     def __init__(self, num_classes: int, feat_dim: int, center_weight: float = 0.01,
                  center_lr: float = 0.5, bias: bool = True):
-        super().__init__(num_classes, feat_dim)
+        super().__init__(num_classes, feat_dim, bias=bias)
         self.center_weight = check_real("center_weight", center_weight, low=0.0)
         self.center_lr = check_real("center_lr", center_lr, low=0.0, high=1.0)
-        self.bias = nn.Parameter(torch.empty(self.num_classes)) if check_bool("bias", bias) else None
         self.register_buffer("centers", torch.zeros(self.num_classes, self.feat_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        self.reset_weight()
-        self.reset_linear_bias()
+        super().reset_parameters()
         self.centers.zero_()
-
-    def _raw_scores(self, features: Tensor) -> Tensor:
-        return F.linear(features, self.weight, self.bias)
-
-    def linear_decision(self):
-        b = self.bias if self.bias is not None else self.weight.new_zeros(self.num_classes)
-        return self.weight, b
 
     def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:
         sync = self.training and udist.is_distributed()

@@ -11,10 +11,10 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import distributed as udist
-from .base import Head, HeadOutput, check_bool, check_real, cross_entropy_mean
+from .base import HeadOutput, LinearHead, check_real, cross_entropy_mean
 
 AGGREGATIONS = ("max", "mean")
 
@@ -382,7 +382,7 @@ class LMDLFusedStep(torch.autograd.Function):
         return (grads[0], grads[1], grads[2] if has_bias else None) + (None,) * 10
 
 
-class LMDLHead(Head):
+class LMDLHead(LinearHead):
     """Loss = CE(W f + b, y) + λ (α L_compact + β L_margin + γ L_reg) (SPEC §2.6).
 
     Hyper-parameters (DESIGN.md): ``delta_v=0.5``, ``delta_d=1.5``, ``compact_weight=1``
@@ -413,7 +413,7 @@ class LMDLHead(Head):
                  compact_weight: float = 1.0, margin_weight: float = 1.0, reg_weight: float = 0.001,
                  momentum: float = 0.99, disc_weight: float = 1.0, aggregation: str = "max",
                  bias: bool = True):
-        super().__init__(num_classes, feat_dim)
+        super().__init__(num_classes, feat_dim, bias=bias)
         self.delta_v = check_real("delta_v", delta_v, low=0.0)
         self.delta_d = check_real("delta_d", delta_d, low=0.0)
         if self.delta_d <= self.delta_v:
@@ -431,23 +431,14 @@ class LMDLHead(Head):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"hyper-parameter 'aggregation' must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
-        self.bias = nn.Parameter(torch.empty(self.num_classes)) if check_bool("bias", bias) else None
         self.register_buffer("centroids", torch.zeros(self.num_classes, self.feat_dim))
         self.register_buffer("seen", torch.zeros(self.num_classes, dtype=torch.bool))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        self.reset_weight()
-        self.reset_linear_bias()
+        super().reset_parameters()
         self.centroids.zero_()
         self.seen.zero_()
-
-    def _raw_scores(self, features: Tensor) -> Tensor:
-        return F.linear(features, self.weight, self.bias)
-
-    def linear_decision(self):
-        b = self.bias if self.bias is not None else self.weight.new_zeros(self.num_classes)
-        return self.weight, b
 
     def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:
         names = ("ce", "compact", "margin", "reg")

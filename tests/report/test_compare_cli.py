@@ -83,6 +83,15 @@ def test_sweep_tiny(tmp_path):
     assert "--values 1.0,3.0" in markdown and "--no-nesterov" in markdown and "nesterov | weight_decay" in markdown
     _check_html(out / "report.html")
 
+    # --reuse: the finished runs are kept, not retrained, and the report says so.
+    status = main(["sweep", "--head", "lmdl", "--param", "delta_d", "--values", "1.0,3.0", "--out", str(out),
+                   "--jobs", "1", "--no-nesterov", "--reuse", *TINY])
+    assert status == 0
+    again = json.loads((out / "records.json").read_text())
+    assert all(r["reused"] for r in again)
+    assert [r["final"] for r in again] == [r["final"] for r in records]
+    assert "4 runs were reused" in (out / "report.md").read_text()
+
 
 def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert main(["compare", "--heads", "softmax,nope", "--out", str(tmp_path / "x"), *TINY]) == 2

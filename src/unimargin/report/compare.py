@@ -249,7 +249,9 @@ def _train_one(base: dict[str, Any], head: str, seed: int, head_params: dict[str
         summary = _reusable_summary(run_dir)
         if summary is not None:
             log(f"[run] reuse {run_dir}: {summary.get('status')}")
-            return record_from_summary(head, seed, summary)
+            record = record_from_summary(head, seed, summary)
+            record.reused = True
+            return record
     options = dict(base)
     options.update(head=head, seed=seed, out=str(run_dir), head_params=dict(head_params),
                    overwrite=True, resume=False)
@@ -449,6 +451,15 @@ def _write_records(out: Path, records: Sequence[RunRecord]) -> None:
 
 
 # --------------------------------------------------------------------------- report
+def _time_sentence(records: Sequence[RunRecord], wall_time_s: float) -> str:
+    total = sum(r.runtime_s for r in records)
+    reused = sum(1 for r in records if r.reused)
+    text = f"Training time summed over runs {total:.0f} s; wall time {wall_time_s:.0f} s"
+    if reused:
+        text += f" (this invocation; {reused} runs were reused from an earlier one)"
+    return text + "."
+
+
 def _sentence_for(result: CompareResult, head: str, key: str) -> str | None:
     seeds, test = paired_for(result.records, head, result.baseline, key)
     if test.n == 0:
@@ -488,7 +499,7 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
            if setup.get("n_unknown") else "")
         + f"). Backbone `{setup.get('model', '?')}` with {setup.get('feat_dim', '?')}-d features, "
         f"{result.epochs} epochs, batch {setup.get('batch_size', '?')}, seeds {', '.join(map(str, result.seeds))}. "
-        f"{n_ok} of {len(records)} runs completed; wall time {result.wall_time_s:.0f} s."
+        f"{n_ok} of {len(records)} runs completed. {_time_sentence(result.records, result.wall_time_s)}"
     )
     doc.paragraph(
         "Every head trains the same backbone with the same data, epochs, batch size and seeds; "

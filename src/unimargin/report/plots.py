@@ -196,7 +196,7 @@ def plot_pca(outputs: Sequence[RunOutputs], path: str | Path, class_names: Seque
             if bool(mask.any()):
                 name = class_names[c] if class_names and c < len(class_names) else str(c)
                 axis.scatter(projected[mask, 0].tolist(), projected[mask, 1].tolist(), s=4,
-                             color=colors[c], alpha=0.6, label=name)
+                             color=colors[c], linewidths=0, label=name)
         axis.set_title(f"{item.head} (seed {item.seed})")
         axis.set_xlabel("PC 1")
         axis.set_ylabel("PC 2")

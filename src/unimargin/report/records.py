@@ -56,6 +56,7 @@ class RunRecord:
     out: str = ""
     open_set: dict[str, Any] = field(default_factory=dict)
     param_value: Any = None
+    reused: bool = False  # taken from an earlier invocation (--reuse), not trained now
 
     @property
     def ok(self) -> bool:
@@ -85,6 +86,7 @@ class RunRecord:
             "config": self.config,
             "out": self.out,
             "param_value": self.param_value,
+            "reused": self.reused,
         }
 
 

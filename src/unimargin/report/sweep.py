@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .compare import DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, run_tasks
+from .compare import (DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, _time_sentence,
+                      run_tasks)
 from .records import RunRecord, completed_runs
 from .render import Document
 from .stats import summarize
@@ -234,7 +235,7 @@ def build_sweep_document(result: SweepResult, plot_dir: str | Path | None = None
         f"seeds {', '.join(map(str, result.seeds))}; backbone `{result.setup.get('model', '?')}` with "
         f"{result.setup.get('feat_dim', '?')}-d features, {result.epochs} epochs, batch "
         f"{result.setup.get('batch_size', '?')}; {len(completed_runs(records))} of {len(records)} runs completed; "
-        f"wall time {result.wall_time_s:.0f} s. Mean ± sample std over completed seeds; diverged runs excluded.")
+        f"{_time_sentence(records, result.wall_time_s)} Mean ± sample std over completed seeds; diverged runs excluded.")
     doc.heading("Best value per metric")
     lines = []
     for key in keys:

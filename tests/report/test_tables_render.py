@@ -158,3 +158,21 @@ def test_inline_markup_is_escaped():
     assert "x | y" in md
     with pytest.raises(ValueError, match="level"):
         Document("t").heading("h", level=9)
+
+
+def test_settings_come_from_the_runs_and_disagreement_is_flagged():
+    from unimargin.report.compare import settings_from_records
+    from unimargin.report.tables import settings_table
+
+    base = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+            "schedule": "cosine", "warmup_epochs": 1, "head_params": {}, "milestones": None}
+    records = [RunRecord("softmax", 0, "completed", config=dict(base)),
+               RunRecord("softmax", 1, "completed", config=dict(base)),
+               RunRecord("arcface", 0, "completed", config=dict(base, lr=0.05)),
+               RunRecord("arcface", 1, "completed", config=dict(base, lr=0.01))]
+    fallback = {"softmax": dict(base, lr=0.5), "arcface": dict(base, lr=0.5)}
+    settings = settings_from_records(records, fallback)
+    assert settings["softmax"]["lr"] == 0.05 and "varies_across_seeds" not in settings["softmax"]
+    assert settings["arcface"]["varies_across_seeds"] is True
+    rows = {row[0].split()[0]: row for row in settings_table(settings).rows}
+    assert "differs between seeds" in rows["`arcface`"][0] and rows["`softmax`"][0] == "`softmax`"

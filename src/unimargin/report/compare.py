@@ -419,6 +419,7 @@ def run_compare(
             out=str(out),
             head_param={f"{h}:{k}": v for h, p in head_params.items() for k, v in p.items()} or None,
         ), overrides, out)
+    settings = settings_from_records(records, settings)
     overridden = [k for k in overrides if k in OPTIMIZER_FIELDS]
     return CompareResult(
         dataset=dataset,
@@ -444,6 +445,33 @@ def run_compare(
             "num_classes": len(splits.classes),
         },
     )
+
+
+def settings_from_records(records: Sequence[RunRecord], fallback: dict[str, dict[str, Any]],
+                          key_of=lambda record: record.head) -> dict[str, dict[str, Any]]:
+    """The optimiser settings the runs actually used (their saved configs), per group.
+
+    Reused runs may come from an earlier invocation with other defaults, so the report
+    states what each run used; a group whose runs disagree gets ``varies_across_seeds``.
+    """
+    from unimargin.train.config import OPTIMIZER_FIELDS
+
+    out = {name: dict(values) for name, values in fallback.items()}
+    seen: dict[str, set] = {}
+    for record in records:
+        if not record.config:
+            continue
+        values = {k: record.config.get(k) for k in OPTIMIZER_FIELDS}
+        values["head_params"] = dict(record.config.get("head_params") or {})
+        values["milestones"] = record.config.get("milestones")
+        name = key_of(record)
+        seen.setdefault(name, set()).add(json.dumps(values, sort_keys=True, default=str))
+        if len(seen[name]) == 1:
+            out[name] = values
+    for name, variants in seen.items():
+        if len(variants) > 1:
+            out[name]["varies_across_seeds"] = True
+    return out
 
 
 def _write_records(out: Path, records: Sequence[RunRecord]) -> None:

@@ -205,6 +205,9 @@ def run_sweep(
 
     records = run_tasks(tasks, jobs, on_record, log)
     wall = time.perf_counter() - started
+    from .compare import settings_from_records
+
+    settings = settings_from_records(records, settings, key_of=lambda r: f"{head} ({name}={r.param_value})")
     if command is None:
         command = _canonical_command("sweep", dict(
             head=head, param=param, values=value_list, dataset=dataset, seeds=seeds,

@@ -348,11 +348,14 @@ def settings_table(settings: dict[str, dict[str, Any]], overridden: Sequence[str
             row.append(text + (" *" if key in overridden else ""))
         params = values.get("head_params") or {}
         row.append(", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults")
+        if values.get("varies_across_seeds"):
+            row[0] += " (**differs between seeds**; first run shown, see records.json)"
         rows.append(row)
     return Table(
         ["head"] + _SETTING_KEYS + ["head params"],
         rows,
-        caption="Each head at its recommended settings; * = overridden on the command line.",
+        caption="What the runs used (their saved configs): each head at its recommended settings; "
+                "* = overridden on the command line.",
     )
 
 

@@ -91,6 +91,12 @@ def test_sweep_tiny(tmp_path):
     assert all(r["reused"] for r in again)
     assert [r["final"] for r in again] == [r["final"] for r in records]
     assert "4 runs were reused" in (out / "report.md").read_text()
+    # ... but a saved run that trained something else (here: another batch size) is retrained.
+    changed = [a if a != "64" else "32" for a in TINY]
+    assert main(["sweep", "--head", "lmdl", "--param", "delta_d", "--values", "1.0", "--out", str(out),
+                 "--jobs", "1", "--no-nesterov", "--reuse", *changed, "--seeds", "1"]) == 0
+    third = json.loads((out / "records.json").read_text())
+    assert len(third) == 1 and not third[0]["reused"] and third[0]["config"]["batch_size"] == 32
 
 
 def test_bad_arguments_give_clear_errors(tmp_path, capsys):

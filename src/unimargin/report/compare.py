@@ -241,21 +241,39 @@ def _reusable_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if summary.get("status") in (COMPLETED, "diverged") else None
 
 
+def _changed_fields(cfg, saved: dict[str, Any]) -> list[str]:
+    """Fields defining what a run trains (engine IDENTITY_FIELDS + epochs) that differ
+    between the requested config (resolved now) and a saved run's resolved config."""
+    from unimargin.train.config import IDENTITY_FIELDS, resolve_config
+
+    resolved = resolve_config(cfg)
+
+    def normal(value):
+        return json.dumps(value, sort_keys=True, default=str)
+
+    return [name for name in (*IDENTITY_FIELDS, "epochs")
+            if normal(getattr(resolved, name)) != normal(saved.get(name))]
+
+
 def _train_one(base: dict[str, Any], head: str, seed: int, head_params: dict[str, Any],
                run_dir: Path, reuse: bool, log: Callable[[str], None]) -> RunRecord:
     from unimargin.train import TrainConfig, train
 
-    if reuse:
-        summary = _reusable_summary(run_dir)
-        if summary is not None:
-            log(f"[run] reuse {run_dir}: {summary.get('status')}")
-            record = record_from_summary(head, seed, summary)
-            record.reused = True
-            return record
     options = dict(base)
     options.update(head=head, seed=seed, out=str(run_dir), head_params=dict(head_params),
                    overwrite=True, resume=False)
     cfg = TrainConfig.from_dict(options, source="compare")
+    if reuse:
+        summary = _reusable_summary(run_dir)
+        if summary is not None:
+            changed = _changed_fields(cfg, summary.get("config") or {})
+            if changed:
+                log(f"[run] {run_dir}: saved run differs in {changed}; retraining")
+            else:
+                log(f"[run] reuse {run_dir}: {summary.get('status')}")
+                record = record_from_summary(head, seed, summary)
+                record.reused = True
+                return record
     started = time.perf_counter()
     try:
         summary = train(cfg)

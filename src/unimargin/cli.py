@@ -191,11 +191,16 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
 def cmd_train(args) -> int:
     from unimargin.train import train
 
-    cfg = config_from_args(args)
-    summary = train(cfg)
     from unimargin import distributed as udist
+    from unimargin.train import shutdown_distributed
 
-    if udist.is_main_process():
+    cfg = config_from_args(args)
+    try:
+        summary = train(cfg)
+        main_process = udist.is_main_process()
+    finally:
+        shutdown_distributed()
+    if main_process:
         print(json.dumps({k: summary[k] for k in ("status", "message", "epochs_completed", "out")}))
     return EXIT_OK if summary["status"] == "completed" else EXIT_DIVERGED
 

@@ -24,13 +24,14 @@ def plain_mlp(in_shape, feat_dim):
 
 def main(out_root: str) -> None:
     torch.set_num_threads(1)
-    from unimargin.train import TrainConfig, train
+    from unimargin.train import TrainConfig, shutdown_distributed, train
 
     for head in HEADS:
         cfg = TrainConfig(dataset="mnist1d", model="mlp", head=head, feat_dim=16, epochs=1,
                           batch_size=128, limit_train=512, limit_test=200, seed=3,
                           warmup_epochs=0, out=f"{out_root}/{head}", quiet=True)
-        train(cfg, build_backbone=plain_mlp)
+        train(cfg, build_backbone=plain_mlp)  # the first call creates the group, the rest reuse it
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

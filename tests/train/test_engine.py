@@ -160,7 +160,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     ddp_out, single_out = str(tmp_path / "ddp"), str(tmp_path / "single")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--standalone", os.path.join(HERE, "ddp_script.py"), ddp_out]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp_script.main(single_out)
     for head in ddp_script.HEADS:

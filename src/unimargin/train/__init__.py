@@ -7,7 +7,8 @@
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig, load_yaml, merge, resolve_config, validate_config
 from .defaults import RECOMMENDED_SETTINGS, recommended_settings
-from .engine import LoadedRun, UnimarginNet, build_net, evaluate_run, load_run, load_splits, train
+from .engine import (LoadedRun, UnimarginNet, build_net, evaluate_run, load_run, load_splits,
+                     shutdown_distributed, train)
 from .evaluation import compute_outputs, evaluate_outputs, metric_higher_is_better
 from .optim import build_optimizer, build_scheduler, parameter_groups
 from .seeding import capture_rng_state, epoch_generator, restore_rng_state, seed_everything
@@ -16,6 +17,7 @@ __all__ = [
     "TrainConfig", "load_yaml", "merge", "resolve_config", "validate_config",
     "RECOMMENDED_SETTINGS", "recommended_settings",
     "train", "load_run", "LoadedRun", "UnimarginNet", "build_net", "evaluate_run", "load_splits",
+    "shutdown_distributed",
     "compute_outputs", "evaluate_outputs", "metric_higher_is_better",
     "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
     "parameter_groups", "build_optimizer", "build_scheduler",

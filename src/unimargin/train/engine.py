@@ -198,7 +198,7 @@ class _Log:
 
 def _init_distributed(device_pref: str) -> bool:
     """Initialise torch.distributed from torchrun's environment. Returns True when this
-    call created the process group (so the engine also destroys it)."""
+    call created the process group."""
     if dist.is_available() and dist.is_initialized():
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -296,7 +296,8 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
     Returns the summary dict (also written as ``summary.json``): status ("completed" |
     "diverged"), message, epochs_completed, runtime_s, final (flat test metrics of the
     last good epoch), config (resolved), out. Under torchrun (WORLD_SIZE > 1) the process
-    group is initialised here (gloo on CPU, NCCL on GPU); only rank 0 writes files.
+    group is initialised here (gloo on CPU, NCCL on GPU) unless one exists, and left up for
+    later calls (:func:`shutdown_distributed` ends it); only rank 0 writes files.
 
     ``build_backbone(in_shape, feat_dim) -> nn.Module`` replaces the model registry (for
     library users with their own backbone; ``load_run`` then needs the same callable).
@@ -304,14 +305,21 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     cfg = resolve_config(cfg)
-    created_group = _init_distributed(cfg.device)
+    # The process group stays up after the run: later train() calls in the same torchrun
+    # job reuse it (tearing gloo down and re-creating it per run races between ranks).
+    # The CLI destroys it once at exit; library users may call shutdown_distributed().
+    _init_distributed(cfg.device)
     threads = torch.get_num_threads()
     try:
         return _train(cfg, build_backbone)
     finally:
         torch.set_num_threads(threads)
-        if created_group and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one is initialised (end of a torchrun job)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, build_backbone) -> dict:

@@ -43,12 +43,7 @@ def check_matrix(x, name: str, min_cols: int = 1) -> torch.Tensor:
                          f"got shape {tuple(t.shape)}")
     if t.shape[1] < min_cols:
         raise ValueError(f"{name} must have at least {min_cols} column(s), got shape {tuple(t.shape)}")
-    if t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must be a real-valued tensor, got dtype {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
-    check_finite(t, name)
-    return t
+    return _finite_real(t, name)
 
 
 def check_vector(x, name: str) -> torch.Tensor:
@@ -56,12 +51,7 @@ def check_vector(x, name: str) -> torch.Tensor:
     t = as_tensor(x, name)
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D (N,), got shape {tuple(t.shape)}")
-    if t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must be a real-valued tensor, got dtype {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
-    check_finite(t, name)
-    return t
+    return _finite_real(t, name)
 
 
 def check_labels(labels, n: int, num_classes: int | None, name: str = "labels",
@@ -86,3 +76,13 @@ def check_labels(labels, n: int, num_classes: int | None, name: str = "labels",
 def check_nonempty(n: int, name: str) -> None:
     if n == 0:
         raise ValueError(f"{name} is empty: at least one sample is needed")
+
+
+def _finite_real(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Reject bool/complex dtypes, promote integers to float64, reject NaN/Inf."""
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be a real-valued tensor, got dtype {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    check_finite(t, name)
+    return t

@@ -628,6 +628,13 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
     doc.heading("Runtime")
     doc.table(runtime_table(records))
 
+    add_run_footer(doc, records, result.settings, result.overridden, result.command)
+    return doc
+
+
+def add_run_footer(doc: Document, records, settings, overridden, command: str) -> None:
+    """The closing sections shared by the compare and sweep reports: diverged runs (never
+    averaged in), the optimiser settings each head trained with, the exact rerun command."""
     doc.heading("Diverged or failed runs")
     table = diverged_table(records)
     if table is None:
@@ -636,12 +643,11 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
         doc.table(table)
 
     doc.heading("Optimiser settings")
-    doc.table(settings_table(result.settings, result.overridden))
+    doc.table(settings_table(settings, overridden))
 
     doc.heading("Reproduce")
     doc.paragraph("Exact command (every setting explicit):")
-    doc.code(result.command, "bash")
-    return doc
+    doc.code(command, "bash")
 
 
 def write_compare_report(result: CompareResult) -> tuple[Path, Path]:

@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .compare import (DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, _time_sentence,
+from .compare import (add_run_footer, DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, _time_sentence,
                       run_tasks)
 from .records import RunRecord, completed_runs
 from .render import Document
 from .stats import summarize
 from .tables import (
-    diverged_table,
     format_summary,
     higher_is_better,
     metric_keys,
     metric_label,
-    settings_table,
     sweep_table,
 )
 
@@ -263,16 +261,7 @@ def build_sweep_document(result: SweepResult, plot_dir: str | Path | None = None
     if keys:
         doc.image(plots.plot_sweep(records, result.values, keys, plot_dir / "sweep.png", result.param),
                   f"Metrics against {result.param} (mean ± std over completed seeds).")
-    doc.heading("Diverged or failed runs")
-    table = diverged_table(records)
-    if table is None:
-        doc.paragraph("None: every run completed.")
-    else:
-        doc.table(table)
-    doc.heading("Optimiser settings")
-    doc.table(settings_table(result.settings, result.overridden))
-    doc.heading("Reproduce")
-    doc.code(result.command, "bash")
+    add_run_footer(doc, records, result.settings, result.overridden, result.command)
     return doc
 
 

@@ -364,7 +364,7 @@ def run_compare(
     ``jobs`` runs train in parallel processes (results do not depend on it).
     """
     from unimargin.train import TrainConfig
-    from unimargin.train.config import OPTIMIZER_FIELDS, config_fields, resolve_config
+    from unimargin.train.config import OPTIMIZER_FIELDS, resolve_config
 
     head_names = resolve_heads(heads)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -376,9 +376,7 @@ def run_compare(
     bad = sorted(set(overrides) & reserved)
     if bad:
         raise ValueError(f"overrides: {bad} are set by compare itself (use its own arguments)")
-    unknown = sorted(set(overrides) - set(config_fields()))
-    if unknown:
-        raise ValueError(f"overrides: unknown training option(s) {unknown}; valid: {sorted(config_fields())}")
+    check_overrides(overrides)
     head_params = {h: dict(p) for h, p in (head_params or {}).items()}
     stray = sorted(set(head_params) - set(head_names))
     if stray:
@@ -386,11 +384,7 @@ def run_compare(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = dict(overrides, dataset=dataset, epochs=epochs)
-    base.setdefault("quiet", True)
-    # One thread per run unless told otherwise: the small default models train several times
-    # faster single-threaded, and several threads on a shared 2-core machine oversubscribe it.
-    base.setdefault("num_threads", 1)
+    base = base_training_options(overrides, dataset, epochs)
     seed_list = [first_seed + i for i in range(seeds)]
 
     # Resolve every head's settings first: bad names/options fail before any training.
@@ -630,6 +624,25 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
 
     add_run_footer(doc, records, result.settings, result.overridden, result.command)
     return doc
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Every override must be a TrainConfig field (shared by compare and sweep)."""
+    from unimargin.train.config import config_fields
+
+    unknown = sorted(set(overrides) - set(config_fields()))
+    if unknown:
+        raise ValueError(f"overrides: unknown training option(s) {unknown}; valid: {sorted(config_fields())}")
+
+
+def base_training_options(overrides: dict[str, Any], dataset: str, epochs: int) -> dict[str, Any]:
+    """The options every run of a compare or sweep shares."""
+    base = dict(overrides, dataset=dataset, epochs=epochs)
+    base.setdefault("quiet", True)
+    # One thread per run unless told otherwise: the small default models train several times
+    # faster single-threaded, and several threads on a shared 2-core machine oversubscribe it.
+    base.setdefault("num_threads", 1)
+    return base
 
 
 def add_run_footer(doc: Document, records, settings, overridden, command: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .compare import (add_run_footer, DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, _time_sentence,
+from .compare import (add_run_footer, base_training_options, check_overrides, DEFAULT_DATASET, DEFAULT_EPOCHS, _canonical_command, _load_eval_data, _time_sentence,
                       run_tasks)
 from .records import RunRecord, completed_runs
 from .render import Document
@@ -138,7 +138,7 @@ def run_sweep(
     """Train ``head`` once per (value, seed) with ``param`` set to the value."""
     from unimargin.heads import list_heads
     from unimargin.train import TrainConfig
-    from unimargin.train.config import OPTIMIZER_FIELDS, config_fields, resolve_config
+    from unimargin.train.config import OPTIMIZER_FIELDS, resolve_config
 
     if head not in list_heads():
         raise ValueError(f"head: unknown head {head!r}; valid heads: {', '.join(list_heads())}")
@@ -147,9 +147,7 @@ def run_sweep(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds: expected a positive number of seeds, got {seeds!r}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(config_fields()))
-    if unknown:
-        raise ValueError(f"overrides: unknown training option(s) {unknown}; valid: {sorted(config_fields())}")
+    check_overrides(overrides)
     if target == "train" and name in overrides:
         raise ValueError(f"param {name!r} is swept; do not also override it")
     fixed_head_params = dict(head_params or {})
@@ -158,11 +156,7 @@ def run_sweep(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = dict(overrides, dataset=dataset, epochs=epochs)
-    base.setdefault("quiet", True)
-    # One thread per run unless told otherwise: the small default models train several times
-    # faster single-threaded, and several threads on a shared 2-core machine oversubscribe it.
-    base.setdefault("num_threads", 1)
+    base = base_training_options(overrides, dataset, epochs)
     seed_list = [first_seed + i for i in range(seeds)]
 
     def options_for(value):

@@ -282,42 +282,46 @@ class LMDLFusedStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
                 max_aggregation, compact_coef, margin_coef, reg_coef):
-        batch = features.shape[0]
+        # every line is one or two tensor ops: at K ≲ 64 each op costs more than its arithmetic
         num_classes = weight.shape[0]
-        logits = features.mm(weight.t()) if bias is None else torch.addmm(bias, features, weight.t())
-        # Y (B×K); F.one_hot would re-validate the labels (Head.check_labels did) with a host sync
-        onehot = features.new_zeros((batch, num_classes)).scatter_(1, labels[:, None], 1.0)
-        counts = onehot.sum(0)
-        present = counts > 0
-        mean_op = onehot / counts.clamp_min(1)                                 # A (absent columns 0)
+        eye, self_inf = _class_constants(num_classes, features.dtype, features.device)
+        # K×B layout: W fᵀ is ~3x faster than f Wᵀ at K ≪ B (BLAS shape), and so is every
+        # reduction over the classes; the returned logits are the B×K transposed view
+        features_t = features.t()
+        logits_t = weight.mm(features_t) if bias is None else torch.addmm(bias.unsqueeze(1), weight, features_t)
+        onehot_t = eye.index_select(1, labels)                                 # Yᵀ (K×B), no label re-check
+        counts = onehot_t.sum(1)
+        present = counts.bool()                                                # counts ≥ 0
+        mean_op_t = onehot_t / counts.clamp_min(1).unsqueeze(1)                # Aᵀ (absent rows 0)
         class_weight = present.to(features.dtype)
-        keep = torch.where(seen, class_weight * (1.0 - momentum), class_weight)[:, None]  # κ
+        keep = torch.where(seen, class_weight * (1.0 - momentum), class_weight).unsqueeze(1)  # κ
         class_weight /= class_weight.sum()                                     # ω (B > 0 here)
-        mean = mean_op.t().mm(features)                                        # m̄
-        centroid = torch.lerp(centroids.to(features.dtype), mean, keep)       # κ = 0: exactly M
+        mean = mean_op_t.mm(features)                                          # m̄
+        if centroids.dtype != features.dtype:
+            centroids = centroids.to(features.dtype)
+        centroid = torch.lerp(centroids, mean, keep)                           # κ = 0: exactly M
 
-        resid = torch.addmm(features, onehot, centroid, alpha=-1.0)            # r_i = f_i − m_{y_i}
+        resid = torch.addmm(features, onehot_t.t(), centroid, alpha=-1.0)           # r_i = f_i − m_{y_i}
         resid_norm = torch.linalg.vector_norm(resid, dim=1)
         hinge = F.softshrink(resid_norm, delta_v)                              # = [‖r‖ − δ_v]₊ for ‖r‖ ≥ 0
-        weighted_hinge = hinge * mean_op.mv(class_weight)                      # s_i h_i
+        weighted_hinge = hinge * class_weight.matmul(mean_op_t)                # s_i h_i
         compact = hinge.dot(weighted_hinge)
 
-        log_prob = logits.log_softmax(1)
-        ce = F.nll_loss(log_prob, labels)
+        log_prob_t = logits_t.log_softmax(0)
+        ce = torch.dot(log_prob_t.view(-1), onehot_t.view(-1)).mul_(-1.0 / features.shape[0])
 
-        zbar = mean_op.t().mm(logits)                                          # W m̄_c + b
-        numer = zbar.diagonal()[:, None] - zbar
+        # z̄ = W m̄_c + b (K×d×K, not K×B×K); absent rows (b, not Aᵀ Z = 0) carry weight 0
+        zbar = mean.mm(weight.t()) if bias is None else torch.addmm(bias, mean, weight.t())
+        numer = zbar.diagonal().unsqueeze(1) - zbar
         pair_dist = torch.cdist(weight, weight)                                # ‖w_c − w_j‖
         inv_dist = pair_dist.clamp_min(1e-12).reciprocal_()
-        dist = numer * inv_dist                                                # d_cj
+        dist = torch.addcmul(self_inf, numer, inv_dist)                        # d_cj, +inf at j = c
         if max_aggregation:
-            dist.diagonal().fill_(float("inf"))
             nearest_dist, nearest = dist.min(1)
             margin_hinge = (delta_d - nearest_dist).clamp_min_(0.0)
             margin = margin_hinge.dot(class_weight)
-        else:
+        else:  # the +inf self pair gives a zero hinge
             margin_hinge = (delta_d - dist).clamp_min_(0.0)
-            margin_hinge.diagonal().zero_()
             nearest = None
             margin = margin_hinge.sum(1).dot(class_weight) / (num_classes - 1)
 
@@ -325,23 +329,25 @@ class LMDLFusedStep(torch.autograd.Function):
         reg = centroid_norm.dot(class_weight)
 
         terms = torch.stack([ce, compact, margin, reg])
-        loss = terms.dot(terms.new_tensor([1.0, compact_coef, margin_coef, reg_coef]))
+        loss = terms.dot(_loss_coefficients(compact_coef, margin_coef, reg_coef, features.dtype, features.device))
 
-        ctx.save_for_backward(features, weight, onehot, mean_op, log_prob, resid, resid_norm,
-                              weighted_hinge, class_weight, centroid, centroid_norm, keep, numer,
-                              pair_dist, inv_dist, margin_hinge, nearest)
+        ctx.save_for_backward(features, weight)
+        # intermediates (neither inputs nor outputs) live on ctx: no saved-tensor unpacking cost
+        ctx.inter = (onehot_t, mean_op_t, log_prob_t, resid, resid_norm, weighted_hinge, class_weight,
+                     centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest)
         ctx.hp = (max_aggregation, compact_coef, margin_coef, reg_coef, bias is not None)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(terms, centroid, present)
-        return loss, terms, centroid, present, logits
+        return loss, terms, centroid, present, logits_t.t()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _terms, _centroid, _present, grad_logits):
-        (features, weight, onehot, mean_op, log_prob, resid, resid_norm, weighted_hinge, class_weight,
-         centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest) = ctx.saved_tensors
+        features, weight = ctx.saved_tensors
+        (onehot_t, mean_op_t, log_prob_t, resid, resid_norm, weighted_hinge, class_weight,
+         centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest) = ctx.inter
         max_aggregation, compact_coef, margin_coef, reg_coef, has_bias = ctx.hp
-        batch, num_classes = onehot.shape
+        num_classes, batch = onehot_t.shape
         if grad_loss is None:  # only the logits are used downstream
             grad_loss = features.new_zeros(())
 
@@ -358,21 +364,21 @@ class LMDLFusedStep(torch.autograd.Function):
         pair_sym.diagonal().sub_(pair_sym.sum(1))                              # S − diag(S 1)
         # ∂L/∂z̄ = β(G − diag(G 1)) since numer_cj = z̄_cc − z̄_cj
         grad_numer.diagonal().sub_(grad_numer.sum(1))
-        grad_logits_total = torch.addmm(log_prob.exp().sub_(onehot).mul_(1.0 / batch), mean_op,
-                                        grad_numer, alpha=margin_coef)
+        grad_logits_t = torch.addmm(log_prob_t.exp().sub_(onehot_t).mul_(1.0 / batch), grad_numer.t(),
+                                    mean_op_t, alpha=margin_coef)                # (∂/∂Z)ᵀ
 
         # compactness (per unit of 2α) and reg (per unit of γ) through m = lerp(M, m̄, κ)
         grad_resid = resid * (weighted_hinge / resid_norm.clamp_min(1e-30))[:, None]
         grad_centroid = torch.addmm(centroid * (class_weight / centroid_norm.clamp_min(1e-30))[:, None],
-                                    onehot.t(), grad_resid, beta=reg_coef, alpha=-2.0 * compact_coef)
+                                    onehot_t, grad_resid, beta=reg_coef, alpha=-2.0 * compact_coef)
         grad_mean = grad_centroid.mul_(keep)
 
-        grad_features = torch.addmm(grad_resid, grad_logits_total, weight, beta=2.0 * compact_coef)
-        grad_features.addmm_(mean_op, grad_mean)
-        grad_weight = grad_logits_total.t().mm(features).addmm_(pair_sym, weight, alpha=-margin_coef)
+        grad_features = torch.addmm(grad_resid, grad_logits_t.t(), weight, beta=2.0 * compact_coef)
+        grad_features.addmm_(mean_op_t.t(), grad_mean)
+        grad_weight = grad_logits_t.mm(features).addmm_(pair_sym, weight, alpha=-margin_coef)
         grads = [grad_features, grad_weight]
         if has_bias:
-            grads.append(grad_logits_total.sum(0))
+            grads.append(grad_logits_t.sum(1))
         torch._foreach_mul_(grads, grad_loss)
         if grad_logits is not None:  # logits used downstream as well: Z = f Wᵀ + b
             grads[0].addmm_(grad_logits, weight)
@@ -380,6 +386,30 @@ class LMDLFusedStep(torch.autograd.Function):
             if has_bias:
                 grads[2] += grad_logits.sum(0)
         return (grads[0], grads[1], grads[2] if has_bias else None) + (None,) * 10
+
+
+_CONSTANTS: dict = {}
+
+
+def _class_constants(num_classes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Cached (I_K, +inf·I_K) for :class:`LMDLFusedStep`: I_K[y] is the one-hot matrix Y in
+    one op, and adding +inf·I (0 off the diagonal) masks the self pair of d_cj."""
+    key = ("eye", num_classes, dtype, device)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        eye = torch.eye(num_classes, dtype=dtype, device=device)
+        self_inf = torch.zeros_like(eye).fill_diagonal_(float("inf"))
+        found = _CONSTANTS[key] = (eye, self_inf)
+    return found
+
+
+def _loss_coefficients(compact_coef: float, margin_coef: float, reg_coef: float, dtype, device) -> Tensor:
+    """Cached tensor (1, λα, λβ, λγ): loss = terms · coefficients without a host-to-tensor copy per step."""
+    key = ("coef", compact_coef, margin_coef, reg_coef, dtype, device)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = torch.tensor([1.0, compact_coef, margin_coef, reg_coef], dtype=dtype, device=device)
+    return found
 
 
 class LMDLHead(LinearHead):

@@ -351,27 +351,27 @@ class LMDLFusedStep(torch.autograd.Function):
         if grad_loss is None:  # only the logits are used downstream
             grad_loss = features.new_zeros(())
 
-        # margin, per unit of β: G = −∂L_margin/∂d (≥ 0) on the active hinges
+        # margin, per unit of β: G = −∂L_margin/∂d (≥ 0) on the active hinges. Built as Gᵀ:
+        # D (hence 1/D) is symmetric, and Gᵀ is the left operand of the matmul below
         if max_aggregation:
-            active = class_weight.masked_fill(margin_hinge <= 0, 0.0)
-            grad_dist = torch.zeros_like(numer).scatter_(1, nearest[:, None], active[:, None])
+            active = margin_hinge.sign().mul_(class_weight)                    # hinge ≥ 0: sign = active
+            grad_dist_t = torch.zeros_like(numer).scatter_(0, nearest.unsqueeze(0), active.unsqueeze(0))
         else:
-            grad_dist = (margin_hinge > 0) * (class_weight / (num_classes - 1))[:, None]
-        grad_numer = grad_dist * inv_dist                                      # −∂L/∂numer
-        # Q = (∂L/∂D)/D = G·numer/D³ ; the clamp passes no gradient
-        pair_coef = (grad_numer * numer).mul_(inv_dist.masked_fill(pair_dist < 1e-12, 0.0).square_())
-        pair_sym = pair_coef + pair_coef.t()
+            grad_dist_t = margin_hinge.t().sign().mul_(class_weight / (num_classes - 1))
+        grad_numer_t = grad_dist_t.mul_(inv_dist)                              # −(∂L/∂numer)ᵀ
+        # Qᵀ with Q = (∂L/∂D)/D = G·numer/D³ ; the clamp passes no gradient
+        pair_coef_t = (grad_numer_t * numer.t()).mul_(inv_dist.masked_fill(pair_dist < 1e-12, 0.0).square_())
+        pair_sym = pair_coef_t + pair_coef_t.t()
         pair_sym.diagonal().sub_(pair_sym.sum(1))                              # S − diag(S 1)
         # ∂L/∂z̄ = β(G − diag(G 1)) since numer_cj = z̄_cc − z̄_cj
-        grad_numer.diagonal().sub_(grad_numer.sum(1))
-        grad_logits_t = torch.addmm(log_prob_t.exp().sub_(onehot_t).mul_(1.0 / batch), grad_numer.t(),
-                                    mean_op_t, alpha=margin_coef)                # (∂/∂Z)ᵀ
+        grad_numer_t.diagonal().sub_(grad_numer_t.sum(0))
+        grad_logits_t = torch.addmm(log_prob_t.exp().sub_(onehot_t), grad_numer_t, mean_op_t,
+                                    beta=1.0 / batch, alpha=margin_coef)  # (∂/∂Z)ᵀ
 
         # compactness (per unit of 2α) and reg (per unit of γ) through m = lerp(M, m̄, κ)
         grad_resid = resid * (weighted_hinge / resid_norm.clamp_min(1e-30))[:, None]
-        grad_centroid = torch.addmm(centroid * (class_weight / centroid_norm.clamp_min(1e-30))[:, None],
-                                    onehot_t, grad_resid, beta=reg_coef, alpha=-2.0 * compact_coef)
-        grad_mean = grad_centroid.mul_(keep)
+        grad_mean = torch.addmm(centroid * (class_weight / centroid_norm.clamp_min(1e-30))[:, None],
+                                onehot_t, grad_resid, beta=reg_coef, alpha=-2.0 * compact_coef).mul_(keep)
 
         grad_features = torch.addmm(grad_resid, grad_logits_t.t(), weight, beta=2.0 * compact_coef)
         grad_features.addmm_(mean_op_t.t(), grad_mean)

@@ -408,6 +408,8 @@ def _loss_coefficients(compact_coef: float, margin_coef: float, reg_coef: float,
     key = ("coef", compact_coef, margin_coef, reg_coef, dtype, device)
     found = _CONSTANTS.get(key)
     if found is None:
+        if len(_CONSTANTS) > 256:  # e.g. a λ schedule: bound the cache, don't grow per step
+            _CONSTANTS.clear()
         found = _CONSTANTS[key] = torch.tensor([1.0, compact_coef, margin_coef, reg_coef], dtype=dtype, device=device)
     return found
 

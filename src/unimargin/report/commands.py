@@ -131,7 +131,7 @@ def _gather(args: argparse.Namespace, extra_keys: tuple[str, ...]) -> tuple[dict
 
 
 def compare_main(args: argparse.Namespace) -> int:
-    from .compare import DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_HEADS, DEFAULT_SEEDS, run_compare, write_compare_report
+    from .compare import DEFAULT_HEADS, DEFAULT_SEEDS, run_compare, write_compare_report
 
     options, extras = _gather(args, ("heads", "seeds"))
     head_params = options.pop("head_params", None) or {}
@@ -144,24 +144,33 @@ def compare_main(args: argparse.Namespace) -> int:
     if isinstance(heads, list):
         heads = ",".join(heads)
     result = run_compare(
-        dataset=args.dataset or options.pop("dataset", None) or DEFAULT_DATASET,
         heads=heads,
-        seeds=args.seeds if args.seeds is not None else int(extras.get("seeds", DEFAULT_SEEDS)),
-        epochs=args.epochs if args.epochs is not None else int(options.pop("epochs", DEFAULT_EPOCHS)),
-        out=args.out or "runs/compare",
-        overrides={k: v for k, v in options.items() if k not in ("dataset", "epochs")},
         head_params=head_params,
-        first_seed=args.first_seed,
-        reuse=args.reuse,
-        jobs=_jobs(args),
+        **_run_options(args, options, extras, default_seeds=DEFAULT_SEEDS, default_out="runs/compare"),
     )
     md_path, html_path = write_compare_report(result)
     print(f"[compare] wrote {md_path} and {html_path} ({result.wall_time_s:.0f} s)", file=sys.stderr)
     return 0 if any(r.ok for r in result.records) else 1
 
 
-def sweep_main(args: argparse.Namespace) -> int:
+def _run_options(args: argparse.Namespace, options: dict, extras: dict, *, default_seeds: int,
+                 default_out: str) -> dict:
+    """Keyword arguments shared by run_compare and run_sweep: flags win over the YAML config."""
     from .compare import DEFAULT_DATASET, DEFAULT_EPOCHS
+
+    return dict(
+        dataset=args.dataset or options.pop("dataset", None) or DEFAULT_DATASET,
+        seeds=args.seeds if args.seeds is not None else int(extras.get("seeds", default_seeds)),
+        epochs=args.epochs if args.epochs is not None else int(options.pop("epochs", DEFAULT_EPOCHS)),
+        out=args.out or default_out,
+        overrides={k: v for k, v in options.items() if k not in ("dataset", "epochs")},
+        first_seed=args.first_seed,
+        reuse=args.reuse,
+        jobs=_jobs(args),
+    )
+
+
+def sweep_main(args: argparse.Namespace) -> int:
     from .sweep import run_sweep, write_sweep_report
 
     options, extras = _gather(args, ("seeds",))
@@ -176,15 +185,8 @@ def sweep_main(args: argparse.Namespace) -> int:
         head=args.head,
         param=args.param,
         values=args.values,
-        dataset=args.dataset or options.pop("dataset", None) or DEFAULT_DATASET,
-        seeds=args.seeds if args.seeds is not None else int(extras.get("seeds", 3)),
-        epochs=args.epochs if args.epochs is not None else int(options.pop("epochs", DEFAULT_EPOCHS)),
-        out=args.out or "runs/sweep",
-        overrides={k: v for k, v in options.items() if k not in ("dataset", "epochs")},
         head_params=fixed,
-        first_seed=args.first_seed,
-        reuse=args.reuse,
-        jobs=_jobs(args),
+        **_run_options(args, options, extras, default_seeds=3, default_out="runs/sweep"),
     )
     md_path, html_path = write_sweep_report(result)
     print(f"[sweep] wrote {md_path} and {html_path} ({result.wall_time_s:.0f} s)", file=sys.stderr)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed as udist
+from . import lmdl_kernel
 from .base import HeadOutput, LinearHead, check_real, cross_entropy_mean
 
 AGGREGATIONS = ("max", "mean")
@@ -282,6 +283,18 @@ class LMDLFusedStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
                 max_aggregation, compact_coef, margin_coef, reg_coef):
+        ctx.set_materialize_grads(False)
+        ctx.hp = (max_aggregation, compact_coef, margin_coef, reg_coef, bias is not None, delta_d)
+        if lmdl_kernel.usable(features, weight, bias, centroids):  # same maths, compiled (CPU)
+            features, weight, labels = features.contiguous(), weight.contiguous(), labels.long().contiguous()
+            loss, terms, centroid, present, logits, work = lmdl_kernel.forward(
+                features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
+                max_aggregation, compact_coef, margin_coef, reg_coef)
+            ctx.save_for_backward(features, weight)
+            ctx.kernel = (labels, centroid, work)
+            ctx.mark_non_differentiable(terms, centroid, present)
+            return loss, terms, centroid, present, logits
+        ctx.kernel = None
         # every line is one or two tensor ops: at K ≲ 64 each op costs more than its arithmetic
         num_classes = weight.shape[0]
         eye, self_inf = _class_constants(num_classes, features.dtype, features.device)
@@ -335,8 +348,6 @@ class LMDLFusedStep(torch.autograd.Function):
         # intermediates (neither inputs nor outputs) live on ctx: no saved-tensor unpacking cost
         ctx.inter = (onehot_t, mean_op_t, log_prob_t, resid, resid_norm, weighted_hinge, class_weight,
                      centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest)
-        ctx.hp = (max_aggregation, compact_coef, margin_coef, reg_coef, bias is not None)
-        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(terms, centroid, present)
         return loss, terms, centroid, present, logits_t.t()
 
@@ -344,9 +355,15 @@ class LMDLFusedStep(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _terms, _centroid, _present, grad_logits):
         features, weight = ctx.saved_tensors
+        max_aggregation, compact_coef, margin_coef, reg_coef, has_bias, delta_d = ctx.hp
+        if ctx.kernel is not None:
+            labels, centroid, work = ctx.kernel
+            grads = lmdl_kernel.backward(
+                features, weight, has_bias, labels, centroid, work, max_aggregation, delta_d, compact_coef,
+                margin_coef, reg_coef, 0.0 if grad_loss is None else float(grad_loss), grad_logits)
+            return grads + (None,) * 10
         (onehot_t, mean_op_t, log_prob_t, resid, resid_norm, weighted_hinge, class_weight,
          centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest) = ctx.inter
-        max_aggregation, compact_coef, margin_coef, reg_coef, has_bias = ctx.hp
         num_classes, batch = onehot_t.shape
         if grad_loss is None:  # only the logits are used downstream
             grad_loss = features.new_zeros(())

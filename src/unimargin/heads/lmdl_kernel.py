@@ -1,0 +1,216 @@
+"""Optional compiled CPU kernel for the fused lmdl step (SPEC §2.6; ``lmdl_kernel.c``).
+
+At small K the lmdl step is per-operation overhead, not arithmetic: ~90 tiny tensor
+operations at 5–20 µs each, against a plain linear + cross-entropy step of ~20. The C file
+next to this module computes the same forward and hand-derived backward as
+:class:`unimargin.heads.lmdl.LMDLFusedStep` in a few passes over the batch. It is built on
+first use with the system C compiler (``$CC`` or ``cc``; ~1 s, no Python headers, no
+torch headers) and cached under ``$UNIMARGIN_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/unimargin`` or ``~/.cache/unimargin``), keyed by a hash of the source,
+the flags and the compiler.
+
+It is an accelerator only: PyTorch code is the reference and the fallback. Without a
+compiler, on Windows, for tensors that are not float32/float64 on the CPU, or with
+``UNIMARGIN_CPU_KERNEL=0`` in the environment, :class:`LMDLFusedStep` runs its PyTorch
+implementation. :func:`status` says which one is in use and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("lmdl_kernel.c")
+FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=fast")
+# tuned for the building CPU (~1.5x faster here); the cache key includes the CPU's identity,
+# and a compiler that rejects the flag builds without it
+NATIVE_FLAGS = ("-march=native",)
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+_lock = threading.Lock()
+_state: dict = {"lib": None, "status": None}
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept (created on demand)."""
+    explicit = os.environ.get("UNIMARGIN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unimargin"
+
+
+def enabled() -> bool:
+    """False when ``UNIMARGIN_CPU_KERNEL=0`` (or ``false``/``off``) is set."""
+    return os.environ.get("UNIMARGIN_CPU_KERNEL", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def status() -> str:
+    """'compiled: <path>', or why the PyTorch implementation is used instead."""
+    load()
+    return _state["status"]
+
+
+def load() -> ctypes.CDLL | None:
+    """The loaded kernel library (built on first call), or None if unavailable."""
+    if _state["status"] is not None:
+        return _state["lib"]
+    with _lock:
+        if _state["status"] is None:
+            _state["lib"], _state["status"] = _build_and_load()
+    return _state["lib"]
+
+
+def reset() -> None:
+    """Forget the loaded state (the next :func:`load` checks the environment again)."""
+    with _lock:
+        _state["lib"], _state["status"] = None, None
+
+
+def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
+    if not enabled():
+        return None, "disabled by UNIMARGIN_CPU_KERNEL=0"
+    if not sys.platform.startswith(("linux", "darwin")):
+        return None, f"no kernel build on platform {sys.platform!r}"
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None, "no C compiler found (set $CC)"
+    source = SOURCE.read_bytes()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"C compiler {compiler} does not run: {err}"
+    key = hashlib.sha256(source + repr((FLAGS, NATIVE_FLAGS, compiler, version, _cpu_identity())).encode())
+    target = cache_dir() / f"lmdl_kernel-{key.hexdigest()[:16]}-{sys.platform}.so"
+    if not target.exists():
+        error = _compile(compiler, target, FLAGS + NATIVE_FLAGS) and _compile(compiler, target, FLAGS)
+        if error:
+            # a compiler that is present but fails is unexpected: say so once
+            warnings.warn(f"unimargin: building the lmdl CPU kernel failed, using the PyTorch "
+                          f"implementation instead: {error}", RuntimeWarning, stacklevel=3)
+            return None, f"build failed: {error}"
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as err:
+        return None, f"cannot load {target}: {err}"
+    _declare(lib)
+    return lib, f"compiled: {target}"
+
+
+def _cpu_identity() -> str:
+    """What distinguishes CPUs for ``-march=native`` (a cache shared by several machines)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [ln for ln in info if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+
+        return platform.processor() + platform.machine()
+
+
+def _compile(compiler: str, target: Path, flags: tuple[str, ...]) -> str | None:
+    """Build ``target`` atomically (temporary file, then rename); an error message or None."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        return f"cache directory {target.parent} is not writable ({err}); set UNIMARGIN_CACHE_DIR"
+    try:
+        cmd = [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            return f"{' '.join(cmd)} exited with {run.returncode}: {run.stderr.strip()[-2000:]}"
+        os.replace(tmp, target)  # concurrent builders (torchrun) each rename a complete file
+        return None
+    except (OSError, subprocess.SubprocessError) as err:
+        return str(err)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, long_, int_, dbl = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+    lib.lmdl_work_size.argtypes = [long_, long_]
+    lib.lmdl_work_size.restype = long_
+    lib.lmdl_scratch_size.argtypes = [long_, long_, long_]
+    lib.lmdl_scratch_size.restype = long_
+    for suffix in DTYPES.values():
+        fwd = getattr(lib, f"lmdl_forward_{suffix}")
+        fwd.argtypes = [long_] * 3 + [ptr] * 6 + [dbl] * 3 + [int_] + [dbl] * 3 + [ptr] * 5
+        fwd.restype = long_
+        bwd = getattr(lib, f"lmdl_backward_{suffix}")
+        bwd.argtypes = [long_] * 3 + [ptr] * 5 + [int_] + [dbl] * 5 + [ptr] * 5
+        bwd.restype = None
+
+
+def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Tensor) -> bool:
+    """Whether the kernel can run this step: CPU tensors of one float32/float64 dtype."""
+    dtype = features.dtype
+    if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
+        return False
+    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype):
+        return False
+    return load() is not None
+
+
+def _address(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
+            max_aggregation, compact_coef, margin_coef, reg_coef):
+    """Kernel forward: ``(loss, terms, centroid, present, logits, work)`` (see
+    :class:`LMDLFusedStep`); ``work`` holds what the backward needs."""
+    lib = _state["lib"]
+    features, weight, labels = features.contiguous(), weight.contiguous(), labels.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    batch, dim = features.shape
+    num_classes = weight.shape[0]
+    out = features.new_empty(5)
+    logits = features.new_empty((batch, num_classes))
+    centroid = features.new_empty((num_classes, dim))
+    present = torch.empty(num_classes, dtype=torch.bool)
+    work = features.new_empty(lib.lmdl_work_size(batch, num_classes))
+    bad = getattr(lib, f"lmdl_forward_{DTYPES[features.dtype]}")(
+        batch, num_classes, dim, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
+        centroids.contiguous().data_ptr(), seen.contiguous().data_ptr(), delta_v, delta_d, momentum,
+        int(max_aggregation), compact_coef, margin_coef, reg_coef, out.data_ptr(), logits.data_ptr(),
+        centroid.data_ptr(), present.data_ptr(), work.data_ptr())
+    if bad:  # Head.forward validates first; direct callers of the Function land here
+        raise ValueError(f"labels must be in [0, num_classes={num_classes}), "
+                         f"found label {int(labels[bad - 1])} at position {bad - 1}")
+    return out[0], out[1:], centroid, present, logits, work
+
+
+def backward(features, weight, has_bias, labels, centroid, work, max_aggregation, delta_d,
+             compact_coef, margin_coef, reg_coef, grad_loss: float, grad_logits):
+    """Kernel backward: gradients (features, weight, bias or None)."""
+    lib = _state["lib"]
+    batch, dim = features.shape
+    num_classes = weight.shape[0]
+    grad_features = torch.empty_like(features)
+    grad_weight = torch.empty_like(weight)
+    grad_bias = features.new_empty(num_classes) if has_bias else None
+    scratch = features.new_empty(lib.lmdl_scratch_size(batch, num_classes, dim))
+    if grad_logits is not None:
+        grad_logits = grad_logits.contiguous()
+    getattr(lib, f"lmdl_backward_{DTYPES[features.dtype]}")(
+        batch, num_classes, dim, features.data_ptr(), weight.data_ptr(), labels.data_ptr(),
+        centroid.data_ptr(), work.data_ptr(), int(max_aggregation), delta_d, compact_coef, margin_coef,
+        reg_coef, grad_loss, _address(grad_logits), grad_features.data_ptr(), grad_weight.data_ptr(),
+        _address(grad_bias), scratch.data_ptr())
+    return grad_features, grad_weight, grad_bias

@@ -49,7 +49,7 @@ long lmdl_scratch_size(long B, long K, long d) { return K * K + K * d + B * K; }
 #define EXP expf
 #define LOG logf
 #define SQRT sqrtf
-#include __FILE__
+#include "lmdl_kernel.c" /* this file again, for the next REAL */
 #undef REAL
 #undef FN
 #undef EXP
@@ -60,7 +60,7 @@ long lmdl_scratch_size(long B, long K, long d) { return K * K + K * d + B * K; }
 #define EXP exp
 #define LOG log
 #define SQRT sqrt
-#include __FILE__
+#include "lmdl_kernel.c" /* this file again, for the next REAL */
 #undef REAL
 #undef FN
 #undef EXP

@@ -6,6 +6,8 @@ from torch.func import functional_call
 
 from heads_reference import lmdl_reference_step
 from unimargin import build_head
+from unimargin.heads import lmdl_kernel
+from unimargin.heads.lmdl import lmdl_fused_step, lmdl_terms_dense
 
 # (labels per step): first-seen classes, absent classes, a single-sample class, a repeat
 STEPS = [
@@ -17,6 +19,16 @@ STEPS = [
 HP = dict(delta_v=0.3, delta_d=3.0, compact_weight=0.7, margin_weight=1.3, reg_weight=0.05,
           momentum=0.6, disc_weight=0.9)
 REF_HP = dict(delta_v=0.3, delta_d=3.0, alpha=0.7, beta=1.3, gamma=0.05, mu=0.6, lam=0.9)
+
+
+@pytest.fixture(params=["kernel", "pytorch"])
+def backend(request):
+    """Run a test on the compiled CPU kernel (when built) and on the PyTorch implementation."""
+    if request.param == "pytorch":
+        with lmdl_kernel.disabled():
+            yield request.param
+    else:
+        yield request.param
 
 
 def _run_steps(aggregation="max", bias=True):
@@ -50,17 +62,17 @@ def _run_steps(aggregation="max", bias=True):
 
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
-def test_matches_loop_reference_over_steps(aggregation):
+def test_matches_loop_reference_over_steps(aggregation, backend):
     head = _run_steps(aggregation)
     assert head.seen.tolist() == [True] * 6
 
 
-def test_matches_loop_reference_without_bias():
+def test_matches_loop_reference_without_bias(backend):
     head = _run_steps(bias=False)
     assert head.bias is None
 
 
-def test_default_hparams_float32_close_to_float64_reference():
+def test_default_hparams_float32_close_to_float64_reference(backend):
     # checks the Gram-matrix form of ||w_c - w_j|| in float32 at a larger K
     K, d, B = 30, 16, 64
     head = build_head("lmdl", K, d)
@@ -77,7 +89,7 @@ def test_default_hparams_float32_close_to_float64_reference():
     torch.testing.assert_close(head.centroids.double(), ref_c, rtol=1e-5, atol=1e-5)
 
 
-def test_eval_uses_stored_centroids_and_never_mutates():
+def test_eval_uses_stored_centroids_and_never_mutates(backend):
     K, d = 5, 3
     head = build_head("lmdl", K, d, **HP).double()
     head(torch.randn(8, d, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
@@ -102,7 +114,7 @@ def test_momentum_zero_stores_batch_means():
 
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
-def test_gradcheck_float64(aggregation):
+def test_gradcheck_float64(aggregation, backend):
     K, d = 4, 3
     head = build_head("lmdl", K, d, aggregation=aggregation, **HP).double().eval()
     head.seen[:2] = True
@@ -200,16 +212,14 @@ def _fused_case(seed, K=5, d=3, B=9):
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("delta_v, delta_d", [(0.3, 4.0), (0.0, 0.1), (50.0, -50.0)])
-def test_fused_step_gradcheck_float64(aggregation, bias, delta_v, delta_d):
+def test_fused_step_gradcheck_float64(aggregation, bias, delta_v, delta_d, backend):
     # (0.3, 4): hinges mostly active; (0, 0.1): δ_v = 0 edge; (50, -50): every hinge inactive
-    from unimargin.heads.lmdl import LMDLFusedStep
-
     f, W, b, y, M, seen = _fused_case(7)
 
     def fn(f, W, *maybe_b):
-        loss, terms, _, _, logits = LMDLFusedStep.apply(
-            f, W, maybe_b[0] if bias else None, y, M, seen, delta_v, delta_d, 0.6,
-            aggregation == "max", 0.7, 1.3, 0.05)
+        loss, terms, _, _, logits = lmdl_fused_step(
+            f, W, maybe_b[0] if bias else None, y, M, seen, delta_v=delta_v, delta_d=delta_d, momentum=0.6,
+            aggregation=aggregation, compact_coef=0.7, margin_coef=1.3, reg_coef=0.05)
         # the logits output is differentiable too (a weighted use of it checks its backward)
         return loss, (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)).sum()
 
@@ -218,16 +228,16 @@ def test_fused_step_gradcheck_float64(aggregation, bias, delta_v, delta_d):
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_step_matches_autograd_dense_terms(aggregation, bias):
+def test_fused_step_matches_autograd_dense_terms(aggregation, bias, backend):
     # the fused Function (hand-derived backward) vs the autograd dense path it replaces
-    from unimargin.heads.lmdl import LMDLFusedStep, lmdl_terms_dense
     import torch.nn.functional as F
 
     f, W, b, y, M, seen = _fused_case(11)
     b = b if bias else None
     coefs = (0.7, 1.3, 0.05)
-    loss, terms, new_c, present, logits = LMDLFusedStep.apply(
-        f, W, b, y, M, seen, 0.3, 4.0, 0.6, aggregation == "max", *coefs)
+    loss, terms, new_c, present, logits = lmdl_fused_step(
+        f, W, b, y, M, seen, delta_v=0.3, delta_d=4.0, momentum=0.6, aggregation=aggregation,
+        compact_coef=coefs[0], margin_coef=coefs[1], reg_coef=coefs[2])
     ref = lmdl_terms_dense(f, y, W, b, M, seen, delta_v=0.3, delta_d=4.0, momentum=0.6, aggregation=aggregation)
     ce = F.cross_entropy(F.linear(f, W, b), y)
     ref_loss = ce + coefs[0] * ref.compact + coefs[1] * ref.margin + coefs[2] * ref.reg

@@ -256,12 +256,17 @@ class LMDLFusedStep(torch.autograd.Function):
     """CE + λ(α L_compact + β L_margin + γ L_reg) of SPEC §2.6 in ONE autograd node
     (single process, all K classes, the masked formulation of :func:`lmdl_terms_dense`).
 
-    ``apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
-    max_aggregation, compact_coef, margin_coef, reg_coef)`` returns
-    ``(loss, terms, centroid, present_mask, logits)``: loss = ce + Σ coef · term with
-    terms = (ce, L_compact, L_margin, L_reg) detached; centroid (K×d, detached) = m_c for
-    present classes and M_c (unchanged) for absent ones, i.e. the new buffer;
-    logits = W f + b (differentiable). At small K the step costs per-op overhead, not
+    Called through :func:`lmdl_fused_step`. ``apply(features, weight, bias, labels,
+    centroids, seen, delta_v, delta_d, momentum, max_aggregation, compact_coef, margin_coef,
+    reg_coef, extras)`` returns the two differentiable outputs ``(loss, logits)`` and appends
+    ``terms, centroid, present_mask`` (no gradient) to the list ``extras``: fewer outputs,
+    less autograd bookkeeping per step. loss = ce + Σ coef · term with
+    terms = (ce, L_compact, L_margin, L_reg); centroid (K×d) = m_c for present classes and
+    M_c (unchanged) for absent ones, i.e. the new buffer; logits = W f + b.
+
+    On CPU tensors of float32/float64 the forward and backward run in the compiled kernel
+    of :mod:`unimargin.heads.lmdl_kernel` when it is available (same formulas; the PyTorch
+    code below is the reference and the fallback). At small K the step costs per-op overhead, not
     arithmetic, so the forward uses few tensor ops and the backward is derived by hand
     (no autograd graph). With Y the one-hot labels (B×K), A = Y diag(1/n) and
     ω = 1/|C_B| on present classes (0 elsewhere):
@@ -282,7 +287,7 @@ class LMDLFusedStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
-                max_aggregation, compact_coef, margin_coef, reg_coef):
+                max_aggregation, compact_coef, margin_coef, reg_coef, extras):
         ctx.set_materialize_grads(False)
         ctx.hp = (max_aggregation, compact_coef, margin_coef, reg_coef, bias is not None, delta_d)
         if lmdl_kernel.usable(features, weight, bias, centroids):  # same maths, compiled (CPU)
@@ -292,8 +297,8 @@ class LMDLFusedStep(torch.autograd.Function):
                 max_aggregation, compact_coef, margin_coef, reg_coef)
             ctx.save_for_backward(features, weight)
             ctx.kernel = (labels, centroid, work)
-            ctx.mark_non_differentiable(terms, centroid, present)
-            return loss, terms, centroid, present, logits
+            extras.extend((terms, centroid, present))
+            return loss, logits
         ctx.kernel = None
         # every line is one or two tensor ops: at K ≲ 64 each op costs more than its arithmetic
         num_classes = weight.shape[0]
@@ -348,12 +353,12 @@ class LMDLFusedStep(torch.autograd.Function):
         # intermediates (neither inputs nor outputs) live on ctx: no saved-tensor unpacking cost
         ctx.inter = (onehot_t, mean_op_t, log_prob_t, resid, resid_norm, weighted_hinge, class_weight,
                      centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest)
-        ctx.mark_non_differentiable(terms, centroid, present)
-        return loss, terms, centroid, present, logits_t.t()
+        extras.extend((terms, centroid, present))
+        return loss, logits_t.t()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _terms, _centroid, _present, grad_logits):
+    def backward(ctx, grad_loss, grad_logits):
         features, weight = ctx.saved_tensors
         max_aggregation, compact_coef, margin_coef, reg_coef, has_bias, delta_d = ctx.hp
         if ctx.kernel is not None:
@@ -361,7 +366,7 @@ class LMDLFusedStep(torch.autograd.Function):
             grads = lmdl_kernel.backward(
                 features, weight, has_bias, labels, centroid, work, max_aggregation, delta_d, compact_coef,
                 margin_coef, reg_coef, 0.0 if grad_loss is None else float(grad_loss), grad_logits)
-            return grads + (None,) * 10
+            return grads + (None,) * 11
         (onehot_t, mean_op_t, log_prob_t, resid, resid_norm, weighted_hinge, class_weight,
          centroid, centroid_norm, keep, numer, pair_dist, inv_dist, margin_hinge, nearest) = ctx.inter
         num_classes, batch = onehot_t.shape
@@ -402,7 +407,30 @@ class LMDLFusedStep(torch.autograd.Function):
             grads[1].addmm_(grad_logits.t(), features)
             if has_bias:
                 grads[2] += grad_logits.sum(0)
-        return (grads[0], grads[1], grads[2] if has_bias else None) + (None,) * 10
+        return (grads[0], grads[1], grads[2] if has_bias else None) + (None,) * 11
+
+
+class LMDLStep(NamedTuple):
+    loss: Tensor            # CE + λ(α L_compact + β L_margin + γ L_reg), differentiable
+    terms: Tensor           # (4,) detached: CE, L_compact, L_margin, L_reg
+    new_centroids: Tensor   # (K, d) detached: m_c for present classes, M_c for absent ones
+    present_mask: Tensor    # (K,) bool: classes present in the batch
+    logits: Tensor          # (B, K) W f + b, differentiable
+
+
+def lmdl_fused_step(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, centroids: Tensor,
+                    seen: Tensor, *, delta_v: float, delta_d: float, momentum: float, aggregation: str = "max",
+                    compact_coef: float, margin_coef: float, reg_coef: float) -> LMDLStep:
+    """One whole single-process lmdl step (SPEC §2.6) as one autograd node
+    (:class:`LMDLFusedStep`); the coefficients are λα, λβ, λγ. Labels must be valid
+    (``Head.forward`` checks them) and the batch non-empty; the buffers are read, never written."""
+    if features.shape[0] == 0:
+        raise ValueError("lmdl_fused_step needs a non-empty batch (LMDLHead returns an explicit zero loss)")
+    extras: list = []
+    loss, logits = LMDLFusedStep.apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d,
+                                       momentum, aggregation == "max", compact_coef, margin_coef, reg_coef,
+                                       extras)
+    return LMDLStep(loss, *extras, logits)
 
 
 _CONSTANTS: dict = {}
@@ -497,10 +525,11 @@ class LMDLHead(LinearHead):
         dense = self.num_classes <= DENSE_MAX_K
         if dense and not sync:  # one autograd node for the whole step (the K ≲ 64 cost is per-op overhead)
             lam = self.disc_weight
-            loss, terms, new_centroids, present_mask, logits = LMDLFusedStep.apply(
-                features, self.weight, self.bias, labels, self.centroids, self.seen, self.delta_v,
-                self.delta_d, self.momentum, self.aggregation == "max", lam * self.compact_weight,
-                lam * self.margin_weight, lam * self.reg_weight)
+            loss, terms, new_centroids, present_mask, logits = lmdl_fused_step(
+                features, self.weight, self.bias, labels, self.centroids, self.seen, delta_v=self.delta_v,
+                delta_d=self.delta_d, momentum=self.momentum, aggregation=self.aggregation,
+                compact_coef=lam * self.compact_weight, margin_coef=lam * self.margin_weight,
+                reg_coef=lam * self.reg_weight)
             if self.training:
                 with torch.no_grad():  # absent classes' rows of new_centroids are the old M_c
                     self.centroids.copy_(new_centroids)

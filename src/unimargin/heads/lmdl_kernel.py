@@ -17,6 +17,7 @@ implementation. :func:`status` says which one is in use and why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -39,7 +40,7 @@ NATIVE_FLAGS = ("-march=native",)
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
-_state: dict = {"lib": None, "status": None}
+_state: dict = {"lib": None, "status": None, "off": 0}
 
 
 def cache_dir() -> Path:
@@ -76,6 +77,16 @@ def reset() -> None:
     """Forget the loaded state (the next :func:`load` checks the environment again)."""
     with _lock:
         _state["lib"], _state["status"] = None, None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Use the PyTorch implementation inside this block (A/B comparisons, tests)."""
+    _state["off"] += 1
+    try:
+        yield
+    finally:
+        _state["off"] -= 1
 
 
 def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
@@ -157,12 +168,20 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.restype = None
 
 
+# The kernel is single-threaded: above B·K·d·threads multiply-adds per step the PyTorch
+# path (multi-threaded BLAS) is as fast or faster (docs/benchmarks.md, crossover table)
+MAX_WORK = 1 << 24
+
+
 def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Tensor) -> bool:
-    """Whether the kernel can run this step: CPU tensors of one float32/float64 dtype."""
+    """Whether the kernel runs this step: CPU tensors of one float32/float64 dtype, a step
+    small enough for one thread (:data:`MAX_WORK`), not :func:`disabled`, and a kernel built."""
     dtype = features.dtype
     if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
         return False
-    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype):
+    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or _state["off"]:
+        return False
+    if features.shape[0] * weight.shape[0] * weight.shape[1] * torch.get_num_threads() > MAX_WORK:
         return False
     return load() is not None
 

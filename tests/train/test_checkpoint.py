@@ -1,6 +1,5 @@
 """Atomic checkpoint I/O, clear errors for bad files, RNG capture/restore, data order."""
 
-import os
 import random
 import subprocess
 import sys

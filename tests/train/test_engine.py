@@ -1,7 +1,6 @@
 """The engine end to end on small MNIST-1D subsets: run files, reload, resume after SIGKILL
 (bitwise), divergence, torchrun equality, output-directory protection."""
 
-import dataclasses
 import json
 import os
 import subprocess

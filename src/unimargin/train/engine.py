@@ -12,7 +12,6 @@ from the checkpoint of epoch k therefore ends bitwise identical to the uninterru
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -22,7 +21,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -325,7 +324,7 @@ def shutdown_distributed() -> None:
 def _train(cfg: TrainConfig, build_backbone) -> dict:
     t_start = time.perf_counter()
     main = udist.is_main_process()
-    rank, world = udist.rank(), udist.world_size()
+    world = udist.world_size()
     log = _Log(main and not cfg.quiet)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)

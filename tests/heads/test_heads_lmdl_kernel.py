@@ -203,7 +203,7 @@ def test_usable_only_for_supported_inputs():
 def fresh_kernel_state(monkeypatch, tmp_path):
     """An empty cache and a forgotten kernel; the module state is restored afterwards."""
     saved = dict(lmdl_kernel._state)
-    monkeypatch.setenv("UNIMARGIN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNIMARGIN_CACHE", str(tmp_path / "cache"))
     lmdl_kernel.reset()
     yield tmp_path / "cache"
     lmdl_kernel._state.update(saved)

@@ -20,17 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import default_cache_dir
 from .registry import DatasetSplits, register_dataset
 
 CACHE_VERSION = 1
 DEFAULT_SEED = 42  # mnist1d.data.get_dataset_args()["seed"]
 CLASSES = [str(i) for i in range(10)]
-
-
-def default_cache_dir() -> Path:
-    """``$UNIMARGIN_CACHE`` if set, else ``~/.cache/unimargin``."""
-    env = os.environ.get("UNIMARGIN_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "unimargin"
 
 
 def _generate(seed: int) -> dict[str, np.ndarray]:

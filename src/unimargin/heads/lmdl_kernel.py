@@ -1,20 +1,19 @@
 """Optional compiled CPU kernel for the fused lmdl step (SPEC §2.6; ``lmdl_kernel.c``).
 
 At small K the lmdl step is per-operation overhead, not arithmetic: ~90 tiny tensor
-operations at 5–20 µs each, against a plain linear + cross-entropy step of ~20. The C file
-next to this module computes the same forward and hand-derived backward as
+operations at 5–20 µs each, against ~20 for a plain linear + cross-entropy step. The C
+file next to this module computes the same forward and hand-derived backward as
 :class:`unimargin.heads.lmdl.LMDLFusedStep` in a few passes over the batch. It is built on
-first use with the system C compiler (``$CC`` or ``cc``; ~1 s, no Python headers, no
-torch headers) and cached under ``$UNIMARGIN_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/unimargin`` or ``~/.cache/unimargin``), keyed by a hash of the source,
-the flags and the compiler.
+first use with the system C compiler (``$CC`` or ``cc``; ~1 s, needs neither Python nor
+torch headers) and cached in ``$UNIMARGIN_CACHE`` (default ``~/.cache/unimargin``) under
+a hash of the source, the flags, the compiler and the CPU.
 
-It is an accelerator only: PyTorch code is the reference and the fallback. Without a
-compiler, on Windows, for tensors that are not float32/float64 on the CPU, or with
-``UNIMARGIN_CPU_KERNEL=0`` in the environment, :class:`LMDLFusedStep` runs its PyTorch
-implementation. :func:`status` says which one is in use and why.
+It is an accelerator only: the PyTorch code is the reference and the fallback. Without a
+compiler, on Windows, for tensors that are not float32/float64 on the CPU, for steps
+larger than :data:`MAX_WORK`, inside :func:`disabled`, or with ``UNIMARGIN_CPU_KERNEL=0``
+in the environment, :class:`LMDLFusedStep` runs its PyTorch implementation.
+:func:`status` says whether the kernel is built and, if not, why.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..cache import default_cache_dir
+
 SOURCE = Path(__file__).with_name("lmdl_kernel.c")
 FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=fast")
 # tuned for the building CPU (~1.5x faster here); the cache key includes the CPU's identity,
@@ -41,15 +42,6 @@ DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
 _state: dict = {"lib": None, "status": None, "off": 0}
-
-
-def cache_dir() -> Path:
-    """Where built kernels are kept (created on demand)."""
-    explicit = os.environ.get("UNIMARGIN_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "unimargin"
 
 
 def enabled() -> bool:
@@ -103,7 +95,7 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"C compiler {compiler} does not run: {err}"
     key = hashlib.sha256(source + repr((FLAGS, NATIVE_FLAGS, compiler, version, _cpu_identity())).encode())
-    target = cache_dir() / f"lmdl_kernel-{key.hexdigest()[:16]}-{sys.platform}.so"
+    target = default_cache_dir() / f"lmdl_kernel-{key.hexdigest()[:16]}-{sys.platform}.so"
     if not target.exists():
         error = _compile(compiler, target, FLAGS + NATIVE_FLAGS) and _compile(compiler, target, FLAGS)
         if error:
@@ -138,7 +130,7 @@ def _compile(compiler: str, target: Path, flags: tuple[str, ...]) -> str | None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
     except OSError as err:
-        return f"cache directory {target.parent} is not writable ({err}); set UNIMARGIN_CACHE_DIR"
+        return f"cache directory {target.parent} is not writable ({err}); set UNIMARGIN_CACHE"
     try:
         cmd = [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -25,9 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from unimargin import build_head, list_heads
+from unimargin.heads import lmdl_kernel
 
 CONFIGS = [(256, 10, 128), (256, 1000, 512), (1024, 10000, 512)]
 LOOP_MAX_K = 1000
+# where lmdl's compiled CPU kernel and its PyTorch implementation trade places (K <= 64)
+CROSSOVER = [(256, 10, 128), (256, 64, 128), (256, 64, 512), (1024, 10, 512), (1024, 64, 512),
+             (4096, 10, 512), (4096, 64, 512)]
 
 
 def lmdl_loop_loss(head, f, y):
@@ -82,6 +86,11 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
     for name in list_heads():
         heads[name] = build_head(name, K, d)
         steps[name] = make_step(lambda f, h=heads[name]: h(f, labels).loss, heads[name])
+    def lmdl_pytorch(f, h=build_head("lmdl", K, d)):
+        with lmdl_kernel.disabled():
+            return h(f, labels).loss
+
+    steps["lmdl-pytorch"] = make_step(lmdl_pytorch, lmdl_pytorch.__defaults__[0])
     if K <= LOOP_MAX_K:
         loop_head = build_head("lmdl", K, d)
         steps["lmdl-loop"] = make_step(lambda f: lmdl_loop_loss(loop_head, f, labels), loop_head)
@@ -97,17 +106,71 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
             {k: statistics.median(v) for k, v in cpu.items()})
 
 
+def bench_crossover(max_threads, repeats=9):
+    """Rows (threads, B, K, d, plain ms, lmdl/plain, kernel-forced/plain, pytorch/plain)."""
+    rows = []
+    for threads in sorted({1, max_threads}):
+        torch.set_num_threads(threads)
+        for B, K, d in CROSSOVER:
+            gen = torch.Generator().manual_seed(0)
+            feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
+            linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
+
+            def step(module, loss_fn):
+                module.zero_grad(set_to_none=True)
+                loss_fn(feats.clone().requires_grad_()).backward()
+
+            def forced(f):
+                saved, lmdl_kernel.MAX_WORK = lmdl_kernel.MAX_WORK, 1 << 62
+                try:
+                    return head(f, labels).loss
+                finally:
+                    lmdl_kernel.MAX_WORK = saved
+
+            def pytorch(f):
+                with lmdl_kernel.disabled():
+                    return head(f, labels).loss
+
+            variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
+                        "lmdl": (head, lambda f: head(f, labels).loss), "forced": (head, forced),
+                        "pytorch": (head, pytorch)}
+            times = {k: [] for k in variants}
+            for r in range(repeats + 1):
+                for k, (module, loss_fn) in variants.items():
+                    tw, _ = _timed(lambda: step(module, loss_fn))
+                    if r:
+                        times[k].append(tw)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"],
+                         med["forced"] / med["plain"], med["pytorch"] / med["plain"]))
+            print(f"crossover threads={threads} B={B} K={K} d={d} done", flush=True)
+    torch.set_num_threads(max_threads)
+    return rows
+
+
+def format_crossover(rows) -> str:
+    if not rows:
+        return "(not measured: --quick)"
+    lines = ["| threads | B | K | d | B·K·d | plain (ms) | lmdl (as shipped) | kernel forced | PyTorch path |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for threads, B, K, d, plain_ms, shipped, forced, pytorch in rows:
+        lines.append(f"| {threads} | {B} | {K} | {d} | {B * K * d:.2e} | {plain_ms:.2f} | {shipped:.2f} | "
+                     f"{forced:.2f} | {pytorch:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 small configs, 3 repeats")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (shared 2-core machine: 1)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (shared 2-core machine: 1); the crossover table also uses this many")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "heads.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     configs = CONFIGS[:2] if args.quick else CONFIGS
-    names = list_heads()
+    names = list_heads() + ["lmdl-pytorch"]
     rows = []
     for B, K, d in configs:
         repeats = args.repeats or (3 if args.quick else (5 if K > LOOP_MAX_K else 9))
@@ -118,6 +181,7 @@ def main(argv=None):
             rows.append((clock, B, K, d, med["plain"] * 1e3, ratios, loop, repeats))
         print(f"done B={B} K={K} d={d}", flush=True)
 
+    crossover = [] if args.quick else bench_crossover(args.threads)
     tables = {}
     for clock in ("wall", "cpu"):
         header = "| B | K | d | plain (ms) | " + " | ".join(names) + " | lmdl speed-up vs loop |"
@@ -154,6 +218,10 @@ not arithmetic. `--threads 2` on the shared 2-core machine is dominated by OpenM
 contention with the other jobs (plain K = 10 step ~80 ms instead of ~0.5 ms), so only the
 1-thread numbers are meaningful here.
 
+`lmdl` is the head as shipped (the compiled CPU kernel of `heads/lmdl_kernel.c` where it
+applies: {lmdl_kernel.status()}); `lmdl-pytorch` is the same head with the kernel
+disabled (`lmdl_kernel.disabled()`), i.e. its PyTorch implementation.
+
 Wall-clock ratios:
 
 {tables["wall"]}
@@ -163,6 +231,12 @@ jobs preempting this one (on a loaded machine wall-clock ratios of the longer st
 inflated because they are preempted more often):
 
 {tables["cpu"]}
+
+Kernel / PyTorch crossover for lmdl at K <= 64 (wall clock, median of 9, ratio to plain in
+the same run; `lmdl` dispatches to the kernel only while B·K·d·threads <=
+{lmdl_kernel.MAX_WORK}, `kernel forced` ignores that limit):
+
+{format_crossover(crossover)}
 """
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -92,8 +92,9 @@ def lmdl_terms(
     if aggregation == "max":
         centroid_logits = None
         if logits is not None and reduce is _identity:
-            logit_sums = logits.new_zeros((present.numel(), num_classes)).index_add(0, rows, logits.detach())
-            centroid_logits = logit_sums / counts[:, None]
+            with torch.no_grad():  # in place: P×K temporaries are megabytes at large K
+                centroid_logits = logits.new_zeros((present.numel(), num_classes)).index_add_(0, rows, logits)
+                centroid_logits /= counts[:, None]
         per_class = _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits)
     else:
         per_class = _mean_margin_hinge(mean_p, present, weight, bias, delta_d)
@@ -112,9 +113,11 @@ def _pair_distances(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tenso
     """
     z = F.linear(mean_p, weight, bias) if centroid_logits is None else centroid_logits  # (P, K)
     numer = z.gather(1, present[:, None]) - z
-    sq_norm = weight.pow(2).sum(1)
+    sq_norm = torch.linalg.vector_norm(weight, dim=1).square()  # no K×d temporary
     denom_sq = torch.addmm(sq_norm[present][:, None] + sq_norm[None, :], weight[present], weight.t(), alpha=-2.0)
-    return numer * denom_sq.clamp_min(1e-24).rsqrt()                     # ÷ max(‖w_c−w_j‖, 1e-12)
+    if torch.is_grad_enabled():
+        return numer * denom_sq.clamp_min(1e-24).rsqrt()                 # ÷ max(‖w_c−w_j‖, 1e-12)
+    return numer.mul_(denom_sq.clamp_min_(1e-24).rsqrt_())  # the arg-min search: in place
 
 
 def _mean_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:

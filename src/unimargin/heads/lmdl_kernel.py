@@ -162,7 +162,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 # The kernel is single-threaded: above B·K·d·threads multiply-adds per step the PyTorch
 # path (multi-threaded BLAS) is as fast or faster (docs/benchmarks.md, crossover table)
-MAX_WORK = 1 << 24
+MAX_WORK = 1 << 25
 
 
 def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Tensor) -> bool:

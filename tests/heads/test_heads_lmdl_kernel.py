@@ -9,6 +9,7 @@ not, max or mean aggregation, the logits used downstream, and several consecutiv
 
 import os
 import subprocess
+import threading
 
 import pytest
 import torch
@@ -163,8 +164,9 @@ def test_head_uses_kernel_and_matches_pytorch_over_steps():
 def test_non_contiguous_inputs():
     f, W, b, y, M, seen = _case(4, 20, 5, 24)
     f_t = f.t().contiguous().t()  # same values, transposed strides
-    assert not f_t.is_contiguous()
-    out_nc, grads_nc = _step(f_t, W, b, y, M, seen, aggregation="max")
+    M_t = M.t().contiguous().t()  # the centroids too (a copy is made for the C call)
+    assert not f_t.is_contiguous() and not M_t.is_contiguous()
+    out_nc, grads_nc = _step(f_t, W, b, y, M_t, seen, aggregation="max")
     out_c, grads_c = _step(f, W, b, y, M, seen, aggregation="max")
     torch.testing.assert_close(out_nc.terms, out_c.terms, rtol=0, atol=0)
     for a, b_ in zip(grads_nc, grads_c):
@@ -195,6 +197,12 @@ def test_usable_only_for_supported_inputs():
     assert not lmdl_kernel.usable(f.float(), W, b, M)  # mixed dtypes
     with lmdl_kernel.disabled():
         assert not lmdl_kernel.usable(f, W, b, M)
+        seen_elsewhere = []
+        worker = threading.Thread(target=lambda: seen_elsewhere.append(lmdl_kernel.usable(f, W, b, M)))
+        worker.start()
+        worker.join()
+        assert seen_elsewhere == [True]  # disabled() is per thread, like torch.no_grad
+    assert lmdl_kernel.usable(f, W, b, M)
     big = torch.zeros(lmdl_kernel.MAX_WORK // (4 * 5) + 1, 5, dtype=torch.float64)
     assert not lmdl_kernel.usable(big, W, b, M)  # too much work for one thread
 

@@ -41,7 +41,8 @@ NATIVE_FLAGS = ("-march=native",)
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
-_state: dict = {"lib": None, "status": None, "off": 0}
+_state: dict = {"lib": None, "status": None}
+_local = threading.local()  # disabled() nesting depth, per thread (like torch.no_grad)
 
 
 def enabled() -> bool:
@@ -73,12 +74,12 @@ def reset() -> None:
 
 @contextlib.contextmanager
 def disabled():
-    """Use the PyTorch implementation inside this block (A/B comparisons, tests)."""
-    _state["off"] += 1
+    """Use the PyTorch implementation inside this block, in this thread (A/B comparisons, tests)."""
+    _local.off = getattr(_local, "off", 0) + 1
     try:
         yield
     finally:
-        _state["off"] -= 1
+        _local.off -= 1
 
 
 def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
@@ -171,7 +172,7 @@ def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Ten
     dtype = features.dtype
     if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
         return False
-    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or _state["off"]:
+    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or getattr(_local, "off", 0):
         return False
     if features.shape[0] * weight.shape[0] * weight.shape[1] * torch.get_num_threads() > MAX_WORK:
         return False
@@ -196,9 +197,11 @@ def forward(features, weight, bias, labels, centroids, seen, delta_v, delta_d, m
     centroid = features.new_empty((num_classes, dim))
     present = torch.empty(num_classes, dtype=torch.bool)
     work = features.new_empty(lib.lmdl_work_size(batch, num_classes))
+    # bound to names: a temporary's memory could be freed before the C call reads it
+    centroids, seen = centroids.contiguous(), seen.contiguous()
     bad = getattr(lib, f"lmdl_forward_{DTYPES[features.dtype]}")(
         batch, num_classes, dim, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
-        centroids.contiguous().data_ptr(), seen.contiguous().data_ptr(), delta_v, delta_d, momentum,
+        centroids.data_ptr(), seen.data_ptr(), delta_v, delta_d, momentum,
         int(max_aggregation), compact_coef, margin_coef, reg_coef, out.data_ptr(), logits.data_ptr(),
         centroid.data_ptr(), present.data_ptr(), work.data_ptr())
     if bad:  # Head.forward validates first; direct callers of the Function land here

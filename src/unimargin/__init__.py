@@ -2,7 +2,7 @@
 
 Public API (DESIGN.md, "Public API contract"):
 
-- :func:`build_head`, :func:`list_heads`, :class:`Head`, :class:`HeadOutput`
+- :func:`build_head`, :func:`list_heads`, :func:`register_head`, :class:`Head`, :class:`HeadOutput`
 - :mod:`unimargin.metrics`, :mod:`unimargin.data`, :mod:`unimargin.models`
 
 Sub-packages are imported lazily so that ``import unimargin`` stays cheap and the optional
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY_ATTRS = {
     "build_head": "unimargin.heads",
     "list_heads": "unimargin.heads",
+    "register_head": "unimargin.heads",
     "Head": "unimargin.heads",
     "HeadOutput": "unimargin.heads",
 }

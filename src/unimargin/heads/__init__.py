@@ -4,13 +4,14 @@
 normface, cosface, arcface, center, lmdl, bce-u, bce-d.
 """
 
+# Import order = registration order = list_heads() order (DESIGN.md).
 from .base import Head, HeadOutput
-from .bce import BCEDiverseHead, BCEUnifiedHead, bce_loss
-from .center import CenterHead
-from .lmdl import LMDLHead, lmdl_terms
-from .normalized import ArcFaceHead, CosFaceHead, NormFaceHead, arcface_positive_cos
-from .registry import build_head, head_hparams, list_heads
-from .softmax import SoftmaxHead
+from .registry import build_head, head_hparams, list_heads, recommended_settings, register_head
+from .softmax import SoftmaxHead  # isort: skip
+from .normalized import ArcFaceHead, CosFaceHead, NormFaceHead, arcface_positive_cos  # isort: skip
+from .center import CenterHead  # isort: skip
+from .lmdl import LMDLHead, lmdl_terms  # isort: skip
+from .bce import BCEDiverseHead, BCEUnifiedHead, bce_loss  # isort: skip
 
 __all__ = [
     "Head",
@@ -18,6 +19,8 @@ __all__ = [
     "build_head",
     "list_heads",
     "head_hparams",
+    "recommended_settings",
+    "register_head",
     "SoftmaxHead",
     "NormFaceHead",
     "CosFaceHead",

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Head, HeadOutput, check_bool, check_real, cosine_matrix
+from .registry import CAREFUL, register_head
 
 _DEFAULT_SCALE = 16.0
 _DEFAULT_MARGIN = 0.0
@@ -97,13 +98,13 @@ class _BCEHead(Head):
         return f"{super().extra_repr()}, normalize={self.normalize}{extra}, neg_rate={self.neg_rate}"
 
 
+@register_head('bce-u', recommended=CAREFUL)
 class BCEUnifiedHead(_BCEHead):
     """bce-u (SPEC §2.7): z_k = a_k − b with one scalar bias b (``bias`` shape ()).
 
     Scores S = a (bias-free); learned threshold = b: class k is accepted iff a_k > b.
     """
 
-    name = "bce-u"
     unified = True
 
     def _raw_scores(self, features: Tensor) -> Tensor:
@@ -114,13 +115,13 @@ class BCEUnifiedHead(_BCEHead):
         return self.bias.detach()
 
 
+@register_head('bce-d', recommended=CAREFUL)
 class BCEDiverseHead(_BCEHead):
     """bce-d (SPEC §2.8): z_k = a_k − b_k with one bias per class (``bias`` shape (K,)).
 
     Scores S = z; the learned unified threshold is 0.
     """
 
-    name = "bce-d"
     unified = False
 
     def _raw_scores(self, features: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import distributed as udist
 from .base import HeadOutput, LinearHead, check_real, cross_entropy_mean
+from .registry import CE_FAMILY, register_head
 
 
 def class_sums_and_counts(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -26,6 +27,7 @@ def center_update(centers: Tensor, sums: Tensor, counts: Tensor, center_lr: floa
     return centers - center_lr * delta
 
 
+@register_head('center', recommended=CE_FAMILY)
 class CenterHead(LinearHead):
     """Loss = CE(W f + b, y) + λ_c · ½ · mean_i ‖f_i − c_{y_i}‖² (SPEC §2.5).
 
@@ -38,7 +40,6 @@ class CenterHead(LinearHead):
     single process on the concatenated batch.
     """
 
-    name = "center"
 
     def __init__(self, num_classes: int, feat_dim: int, center_weight: float = 0.01,
                  center_lr: float = 0.5, bias: bool = True):

@@ -16,6 +16,7 @@ from torch import Tensor
 from .. import distributed as udist
 from . import lmdl_kernel
 from .base import HeadOutput, LinearHead, check_real, cross_entropy_mean
+from .registry import CAREFUL, register_head
 
 AGGREGATIONS = ("max", "mean")
 
@@ -462,6 +463,7 @@ def _loss_coefficients(compact_coef: float, margin_coef: float, reg_coef: float,
     return found
 
 
+@register_head('lmdl', recommended=CAREFUL)
 class LMDLHead(LinearHead):
     """Loss = CE(W f + b, y) + λ (α L_compact + β L_margin + γ L_reg) (SPEC §2.6).
 
@@ -487,7 +489,6 @@ class LMDLHead(LinearHead):
     batch statistics), so it may be called on one process only.
     """
 
-    name = "lmdl"
 
     def __init__(self, num_classes: int, feat_dim: int, delta_v: float = 0.5, delta_d: float = 1.5,
                  compact_weight: float = 1.0, margin_weight: float = 1.0, reg_weight: float = 0.001,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Head, HeadOutput, check_real, cosine_matrix, cross_entropy_mean
+from .registry import CAREFUL, CE_FAMILY, register_head
 
 _COS_CLAMP = 1e-7  # SPEC §2.4: θ = acos(clamp(cos θ, −1+1e-7, 1−1e-7))
 
@@ -52,16 +53,16 @@ class _NormalizedHead(Head):
         return HeadOutput(ce, self.scale * cos, {"ce": ce.detach()})
 
 
+@register_head('normface', recommended=CE_FAMILY)
 class NormFaceHead(_NormalizedHead):
     """z_k = s·cos θ_k, loss CE (SPEC §2.2). Hyper-parameters: ``scale=16``."""
 
-    name = "normface"
 
 
+@register_head('cosface', recommended=CE_FAMILY)
 class CosFaceHead(_NormalizedHead):
     """Positive logit s·(cos θ_y − m), loss CE (SPEC §2.3). ``scale=16``, ``margin=0.35``."""
 
-    name = "cosface"
 
     def __init__(self, num_classes: int, feat_dim: int, scale: float = 16.0, margin: float = 0.35):
         self._margin = check_real("margin", margin, low=0.0)
@@ -72,13 +73,13 @@ class CosFaceHead(_NormalizedHead):
         return cos_y - self.margin
 
 
+@register_head('arcface', recommended=CAREFUL)
 class ArcFaceHead(_NormalizedHead):
     """Positive logit s·cos(θ_y + m) with the SPEC §2.4 fallback, loss CE.
 
     ``scale=16``, ``margin=0.5`` (radians, must be in [0, π)).
     """
 
-    name = "arcface"
 
     def __init__(self, num_classes: int, feat_dim: int, scale: float = 16.0, margin: float = 0.5):
         self._margin = check_real("margin", margin, low=0.0, high=math.pi, high_open=True)

@@ -6,7 +6,7 @@
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig, load_yaml, merge, resolve_config, validate_config
-from .defaults import RECOMMENDED_SETTINGS, recommended_settings
+from unimargin.heads import recommended_settings
 from .engine import (LoadedRun, UnimarginNet, build_net, evaluate_run, load_run, load_splits,
                      shutdown_distributed, train)
 from .evaluation import compute_outputs, evaluate_outputs, metric_higher_is_better
@@ -15,7 +15,7 @@ from .seeding import capture_rng_state, epoch_generator, restore_rng_state, seed
 
 __all__ = [
     "TrainConfig", "load_yaml", "merge", "resolve_config", "validate_config",
-    "RECOMMENDED_SETTINGS", "recommended_settings",
+    "recommended_settings",
     "train", "load_run", "LoadedRun", "UnimarginNet", "build_net", "evaluate_run", "load_splits",
     "shutdown_distributed",
     "compute_outputs", "evaluate_outputs", "metric_higher_is_better",

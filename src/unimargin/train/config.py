@@ -1,7 +1,7 @@
 """Training configuration: one flat dataclass, YAML load/merge, validation.
 
 Precedence (lowest to highest): dataclass defaults < the head's recommended optimiser
-settings (``defaults.py``, only for optimiser fields left ``None``) < a YAML file <
+settings (registered with the head, ``unimargin.heads.recommended_settings``; only for optimiser fields left ``None``) < a YAML file <
 command-line flags. :func:`resolve_config` fills the ``None`` optimiser fields and checks
 every value; the resolved dict is what ``config.yaml`` in the run directory holds.
 """
@@ -35,7 +35,7 @@ class TrainConfig:
     """Everything a training run depends on (DESIGN.md "Training engine").
 
     Optimiser fields left ``None`` take the head's recommended settings
-    (:func:`unimargin.train.recommended_settings`). ``batch_size`` is the *global* batch:
+    (:func:`unimargin.heads.recommended_settings`). ``batch_size`` is the *global* batch:
     under torchrun each of P processes gets a contiguous 1/P share of every batch.
     """
 
@@ -223,7 +223,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
     Unknown dataset / model / head names raise ValueError listing the valid names.
     """
-    from .defaults import recommended_settings
+    from unimargin.heads import recommended_settings
 
     cfg = dataclasses.replace(cfg, head_params=dict(cfg.head_params or {}))
     validate_config(cfg)

@@ -219,24 +219,15 @@ def _load_split(run, split: str, data_dir: str | None):
 
 
 def cmd_evaluate(args) -> int:
-    from unimargin.train import compute_outputs, evaluate_outputs, load_run
+    from unimargin.metrics.evaluate import evaluate_model
+    from unimargin.train import load_run
 
     run = load_run(args.checkpoint)
     splits = _load_split(run, args.split, args.data_dir)
     x, y = (splits.x_test, splits.y_test) if args.split == "test" else (splits.x_train, splits.y_train)
-    features, scores = compute_outputs(run.model, run.head, x, args.batch_size)
-    result = {"checkpoint": run.path, "epoch": run.epoch, "split": args.split,
-              "metrics": evaluate_outputs(features, scores, y, run.head)}
-    if splits.x_unknown is not None and len(splits.x_unknown):
-        from unimargin.metrics import open_set_rejection, verification
-
-        uf, us = compute_outputs(run.model, run.head, splits.x_unknown, args.batch_size)
-        t = result["metrics"]["learned_threshold"]
-        if t is None:
-            t = result["metrics"]["t_star"]
-        result["open_set"] = {"threshold": t,
-                              **open_set_rejection(scores, y, us, t),
-                              **{f"verification_{k}": v for k, v in verification(uf, splits.y_unknown).items()}}
+    metrics = evaluate_model(run.model, run.head, x, y, x_unknown=splits.x_unknown,
+                             y_unknown=splits.y_unknown, batch_size=args.batch_size)
+    result = {"checkpoint": run.path, "epoch": run.epoch, "split": args.split, "metrics": metrics}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -3,8 +3,9 @@
 Functional core (pure functions on tensors, plain Python numbers out):
 :func:`uniform_accuracy`, :func:`positive_negative`, :func:`separability_auc`,
 :func:`feature_geometry`, :func:`centroid_margins`, :func:`verification`,
-:func:`open_set_rejection`; direction of every key in :data:`HIGHER_IS_BETTER` (keys that
-are thresholds or counts are in :data:`NO_DIRECTION`).
+:func:`open_set_rejection`; the one vocabulary of recorded keys (direction, unit, label,
+description) is :data:`KEYS` in :mod:`unimargin.metrics.keys`; :mod:`unimargin.metrics.evaluate`
+is the one evaluation (closed set, open set, threshold choice).
 
 Stateful twins (update / compute / reset; exact on one process or many):
 :class:`UniformAccuracy`, :class:`SeparabilityAUC`, :class:`FeatureGeometry`,
@@ -13,7 +14,7 @@ Stateful twins (update / compute / reset; exact on one process or many):
 Definitions, directions and how to read each number: docs/metrics.md.
 """
 
-from .directions import HIGHER_IS_BETTER, NO_DIRECTION
+from .keys import HIGHER_IS_BETTER, KEYS, NO_DIRECTION, MetricKey, describe, higher_is_better
 from .geometry import centroid_margins, feature_geometry
 from .stateful import (FeatureGeometry, OpenSetRejection, SeparabilityAUC, UniformAccuracy,
                        Verification)
@@ -21,7 +22,7 @@ from .uniform import UniformResult, positive_negative, separability_auc, uniform
 from .verification import open_set_rejection, pair_similarities, verification
 
 __all__ = [
-    "HIGHER_IS_BETTER", "NO_DIRECTION",
+    "KEYS", "MetricKey", "describe", "higher_is_better", "HIGHER_IS_BETTER", "NO_DIRECTION",
     "UniformResult", "uniform_accuracy", "positive_negative", "separability_auc",
     "feature_geometry", "centroid_margins",
     "verification", "pair_similarities", "open_set_rejection",

@@ -28,6 +28,11 @@ def _far_key(far: float) -> str:
     return f"tar_at_far_{far:.0e}".replace("e-0", "e-")
 
 
+# The fields :func:`verification` returns, in order (for "unavailable" results).
+VERIFICATION_FIELDS = ("roc_auc", "eer", *(_far_key(f) for f in FAR_LEVELS), "pair_accuracy",
+                       "pair_threshold", "n_genuine", "n_impostor", "sampled")
+
+
 def _unit_rows(f: torch.Tensor) -> torch.Tensor:
     # zero vectors keep norm eps and therefore cosine 0 with everything (documented)
     return f / f.norm(dim=1, keepdim=True).clamp_min(_EPS)

@@ -25,7 +25,7 @@ class CNN(nn.Module):
         self.feat_dim = check_feat_dim(feat_dim, "cnn")
         c = self.in_shape[0]
         w1, w2, w3 = width, 2 * width, 4 * width
-        self.features = nn.Sequential(
+        self.body = nn.Sequential(
             *_conv_bn_relu(c, w1), *_conv_bn_relu(w1, w1), nn.MaxPool2d(2),
             *_conv_bn_relu(w1, w2), *_conv_bn_relu(w2, w2), nn.MaxPool2d(2),
             *_conv_bn_relu(w2, w3),
@@ -34,4 +34,4 @@ class CNN(nn.Module):
         self.fc = nn.Linear(w3, feat_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.fc(self.body(x))

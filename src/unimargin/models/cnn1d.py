@@ -21,7 +21,7 @@ class CNN1D(nn.Module):
         self.in_shape = check_in_shape(in_shape, 2, "cnn1d", min_size=4)
         self.feat_dim = check_feat_dim(feat_dim, "cnn1d")
         c, length = self.in_shape
-        self.features = nn.Sequential(
+        self.body = nn.Sequential(
             nn.Conv1d(c, width, 5, padding=2, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
             nn.Conv1d(width, 2 * width, 5, padding=2, bias=False), nn.BatchNorm1d(2 * width), nn.ReLU(inplace=True),
             nn.MaxPool1d(2),
@@ -36,4 +36,4 @@ class CNN1D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.body(x))

@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from unimargin.metrics.keys import KEYS
+
 from .records import (
     COMPLETED,
     FAILED,
@@ -66,7 +68,6 @@ __all__ = [
     "build_compare_document",
     "write_compare_report",
     "resolve_heads",
-    "open_set_metrics",
     "run_outputs",
 ]
 
@@ -77,8 +78,8 @@ DEFAULT_SEEDS = 3
 # 10 minutes on 2 CPU cores (docs/compare.md states the measured time).
 DEFAULT_EPOCHS = 20
 
-_OPEN_SET_VERIF_KEYS = ["verif_roc_auc", "verif_eer", "verif_tar_at_far_1e-1", "verif_tar_at_far_1e-2",
-                        "verif_tar_at_far_1e-3", "verif_pair_accuracy"]
+# Verification keys shown in the open-set table: the directed verif_* keys of the vocabulary.
+_OPEN_SET_VERIF_KEYS = [k for k, v in KEYS.items() if k.startswith("verif_") and v.direction]
 _OPEN_SET_REJECT_KEYS = ["reject_auroc", "reject_open_set_accuracy", "reject_known_accept_rate",
                          "reject_unknown_reject_rate"]
 
@@ -125,40 +126,13 @@ def resolve_heads(spec: str | Sequence[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- evaluation
-def _threshold_for_rejection(head, known_scores: torch.Tensor, known_labels: torch.Tensor) -> tuple[float, str]:
-    """SPEC §2.9: the learned threshold when the head has one, else t* of the known test set."""
-    learned = head.threshold
-    if learned is not None:
-        return float(learned), "learned"
-    from unimargin.metrics import uniform_accuracy
-
-    return float(uniform_accuracy(known_scores, known_labels).threshold), "t* (known test set)"
-
-
-def open_set_metrics(head, known_features, known_scores, known_labels, unknown_features,
-                     unknown_scores, unknown_labels) -> dict[str, Any]:
-    """SPEC §3.7 on held-out classes: verification (``verif_*``) on the unknown-class
-    features and rejection (``reject_*``) of unknown samples by max-score thresholding."""
-    from unimargin.metrics import open_set_rejection, verification
-
-    out: dict[str, Any] = {}
-    for key, value in verification(unknown_features, unknown_labels).items():
-        out[f"verif_{key}"] = value
-    threshold, source = _threshold_for_rejection(head, known_scores, known_labels)
-    rejection = open_set_rejection(known_scores, known_labels, unknown_scores, threshold)
-    for key, value in rejection.items():
-        out[f"reject_{key}"] = value
-    out["reject_threshold"] = threshold
-    out["reject_threshold_source"] = source
-    return out
-
-
 def run_outputs(run_dir: str | Path, x_test: torch.Tensor, y_test: torch.Tensor,
                 x_unknown: torch.Tensor | None = None, y_unknown: torch.Tensor | None = None,
                 head_name: str = "", seed: int = 0) -> tuple[RunOutputs, dict[str, Any]]:
     """Load a finished run and compute its test outputs (for plots) and open-set metrics."""
     from unimargin.metrics import centroid_margins, uniform_accuracy
-    from unimargin.train import compute_outputs, load_run
+    from unimargin.metrics.evaluate import choose_threshold, compute_outputs, open_set_metrics
+    from unimargin.train import load_run
 
     loaded = load_run(run_dir)
     features, scores = compute_outputs(loaded.model, loaded.head, x_test)
@@ -182,7 +156,10 @@ def run_outputs(run_dir: str | Path, x_test: torch.Tensor, y_test: torch.Tensor,
     open_set: dict[str, Any] = {}
     if x_unknown is not None and y_unknown is not None and len(x_unknown) > 0:
         unknown_features, unknown_scores = compute_outputs(loaded.model, loaded.head, x_unknown)
-        open_set = open_set_metrics(head, features, scores, y_test, unknown_features, unknown_scores, y_unknown)
+        # Until runs carry a validation split, the only known split here is the test split.
+        threshold, source = choose_threshold(head, scores, y_test, split="known test set")
+        open_set = open_set_metrics(head, scores, y_test, unknown_features, unknown_scores,
+                                    y_unknown, threshold, source)
     return outputs, open_set
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from unimargin.metrics.keys import KEYS, higher_is_better
+
 from .records import RunRecord, completed_runs, heads_in_order
 from .stats import PairedTest, Summary, paired_t_test, summarize
 
@@ -59,31 +61,9 @@ PAIRED_METRICS = [
     "compactness_ratio", "uniformity", "centroid_margin_min",
     "verif_roc_auc", "verif_eer", "reject_auroc", "reject_open_set_accuracy",
 ]
-# Accuracies shown in percent (the records hold fractions in [0, 1]).
-PERCENT_KEYS = {
-    "sw", "cw", "uni", "uni_at_learned", "uni_loss_learned",
-    "reject_open_set_accuracy", "reject_known_accept_rate", "reject_unknown_reject_rate",
-    "verif_pair_accuracy",
-}
-
-# Independent fallback when the engine / metrics packages are not importable; the library
-# tables take precedence (they are the contract).
-_FALLBACK_DIRECTION: dict[str, bool | None] = {
-    "sw": True, "cw": True, "uni": True, "sep_auc": True, "uni_at_learned": True,
-    "uni_loss_learned": False, "threshold_distance": False, "threshold_distance_rel": False,
-    "t_star": None, "learned_threshold": None,
-    "intra_class_distance": False, "intra_class_cosine": True,
-    "inter_class_distance_min": True, "inter_class_distance_mean": True,
-    "inter_class_angle_min": True, "inter_class_angle_mean": True,
-    "compactness_ratio": False, "uniformity": False,
-    "centroid_margin_min": True, "centroid_margin_mean": True,
-    "roc_auc": True, "eer": False, "tar_at_far_1e-1": True, "tar_at_far_1e-2": True,
-    "tar_at_far_1e-3": True, "pair_accuracy": True, "pair_threshold": None,
-    "n_genuine": None, "n_impostor": None,
-    "auroc": True, "open_set_accuracy": True, "known_accept_rate": True,
-    "unknown_reject_rate": True, "runtime_s": False,
-}
-_OPEN_SET_PREFIXES = ("verif_", "reject_")
+# Accuracies and rates shown in percent (the records hold fractions in [0, 1]): the unit
+# of the one vocabulary, not a second list.
+PERCENT_KEYS = frozenset(k for k, v in KEYS.items() if v.unit == "%")
 
 
 @dataclass
@@ -92,30 +72,6 @@ class Table:
     rows: list[list[str]]
     caption: str | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def higher_is_better(key: str) -> bool | None:
-    """Direction of a metric: True (higher better), False (lower better), None (neither)."""
-    base = key
-    for prefix in _OPEN_SET_PREFIXES:
-        if key.startswith(prefix):
-            base = key[len(prefix):]
-    try:
-        from unimargin.train import metric_higher_is_better
-
-        direction = metric_higher_is_better(base)
-        if direction is not None:
-            return bool(direction)
-    except Exception:  # engine missing or key unknown to it: use the tables below
-        pass
-    try:
-        from unimargin.metrics import HIGHER_IS_BETTER
-
-        if base in HIGHER_IS_BETTER:
-            return HIGHER_IS_BETTER[base]
-    except Exception:
-        pass
-    return _FALLBACK_DIRECTION.get(base)
 
 
 def direction_arrow(key: str) -> str:

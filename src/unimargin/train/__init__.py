@@ -9,7 +9,7 @@ from .config import TrainConfig, load_yaml, merge, resolve_config, validate_conf
 from unimargin.heads import recommended_settings
 from .engine import (LoadedRun, UnimarginNet, build_net, evaluate_run, load_run, load_splits,
                      shutdown_distributed, train)
-from .evaluation import compute_outputs, evaluate_outputs, metric_higher_is_better
+from unimargin.metrics.evaluate import compute_outputs, evaluate_outputs
 from .optim import build_optimizer, build_scheduler, parameter_groups
 from .seeding import capture_rng_state, epoch_generator, restore_rng_state, seed_everything
 
@@ -18,7 +18,7 @@ __all__ = [
     "recommended_settings",
     "train", "load_run", "LoadedRun", "UnimarginNet", "build_net", "evaluate_run", "load_splits",
     "shutdown_distributed",
-    "compute_outputs", "evaluate_outputs", "metric_higher_is_better",
+    "compute_outputs", "evaluate_outputs",
     "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
     "parameter_groups", "build_optimizer", "build_scheduler",
     "seed_everything", "epoch_generator", "capture_rng_state", "restore_rng_state",

@@ -31,7 +31,7 @@ from unimargin import distributed as udist
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import IDENTITY_FIELDS, TrainConfig, resolve_config, save_yaml
-from .evaluation import compute_outputs, evaluate_outputs
+from unimargin.metrics.evaluate import compute_outputs, evaluate_outputs
 from .optim import build_optimizer, build_scheduler, parameter_groups
 from .seeding import (STREAM_AUGMENT, capture_rng_state, epoch_generator, restore_rng_state,
                       seed_everything)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from unimargin import build_head
-from unimargin.train import compute_outputs, evaluate_outputs, metric_higher_is_better
+from unimargin.metrics.evaluate import compute_outputs, evaluate_outputs
+from unimargin.metrics.keys import higher_is_better
 from unimargin.train.engine import UnimarginNet
 
 
@@ -70,9 +71,68 @@ def test_compute_outputs_standardises_batches_and_restores_mode():
 @pytest.mark.parametrize("key,expected", [
     ("sw", True), ("cw", True), ("uni", True), ("uni_at_learned", True), ("sep_auc", True),
     ("uni_loss_learned", False), ("threshold_distance", False), ("threshold_distance_rel", False),
-    ("t_star", None), ("learned_threshold", None), ("loss", False), ("terms.margin", False),
+    ("t_star", None), ("learned_threshold", None), ("loss", False), ("terms.margin", False), ("train.terms.ce", False), ("val.uni", True), ("test.sw", True), ("verif_eer", False),
     ("intra_class_distance", False), ("intra_class_cosine", True), ("compactness_ratio", False),
     ("inter_class_distance_min", True), ("no_such_metric", None),
 ])
 def test_metric_directions(key, expected):
-    assert metric_higher_is_better(key) is expected
+    assert higher_is_better(key) is expected
+
+
+# ---------------------------------------------------------------- the one evaluation
+def test_every_evaluated_key_is_in_the_vocabulary():
+    from unimargin.metrics.evaluate import open_set_metrics
+    from unimargin.metrics.keys import KEYS
+
+    torch.manual_seed(3)
+    for name in ("bce-u", "lmdl", "cosface"):
+        head = build_head(name, 4, 6)
+        f, y = torch.randn(80, 6), torch.arange(80) % 4
+        s = head.scores(f).detach()
+        out = evaluate_outputs(f, s, y, head, deployed_threshold=0.1)
+        uf = torch.randn(30, 6)
+        out.update(open_set_metrics(head, s, y, uf, head.scores(uf).detach(), torch.arange(30) % 3))
+        assert set(out) <= set(KEYS), set(out) - set(KEYS)
+
+
+def test_open_set_with_one_unknown_class_reports_verification_unavailable():
+    from unimargin.metrics.evaluate import open_set_metrics
+
+    head = build_head("softmax", 3, 5)
+    f, y = torch.randn(40, 5), torch.arange(40) % 3
+    uf = torch.randn(10, 5)
+    out = open_set_metrics(head, head.scores(f).detach(), y, uf, head.scores(uf).detach(),
+                           torch.zeros(10, dtype=torch.long), threshold=0.0, threshold_source="given")
+    assert out["verif_available"] is False and out["verif_roc_auc"] is None
+    assert 0.0 <= out["reject_auroc"] <= 1.0 and out["reject_threshold"] == 0.0
+
+
+def test_choose_threshold_learned_else_t_star_of_the_given_split():
+    from unimargin.metrics import uniform_accuracy
+    from unimargin.metrics.evaluate import choose_threshold
+
+    f, y = torch.randn(60, 5), torch.arange(60) % 3
+    soft = build_head("softmax", 3, 5)
+    s = soft.scores(f).detach()
+    t, source = choose_threshold(soft, s, y)
+    assert t == uniform_accuracy(s, y).threshold and source == "t* (validation)"
+    bce = build_head("bce-u", 3, 5)
+    assert choose_threshold(bce, s, y) == (0.0, "learned")
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "cnn1d", "resnet18"])
+def test_compute_outputs_on_a_bare_builtin_backbone(model):
+    from unimargin.models import build_model
+
+    in_shape = (4,) if model == "mlp" else (1, 12) if model == "cnn1d" else (1, 8, 8)
+    if model in ("cnn", "resnet18"):
+        in_shape = (1, 16, 16)
+    torch.manual_seed(0)
+    backbone = build_model(model, in_shape, 8)
+    head = build_head("softmax", 3, 8)
+    x = torch.randn(5, *in_shape)
+    f, s = compute_outputs(backbone, head, x, batch_size=2)
+    backbone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(f, backbone(x))
+    assert s.shape == (5, 3)

@@ -1,0 +1,529 @@
+"""The run grid shared by ``compare``, ``sweep`` (and ``tune``): train many runs, in worker
+processes, reuse finished ones, write ``records.json``.
+
+Guarantees (docs/reliability.md):
+
+- Workers die with the parent. Each worker asks the kernel for SIGKILL when its parent dies
+  (``prctl(PR_SET_PDEATHSIG)``, Linux) and also runs a watchdog thread that exits when the
+  parent pid changes (any OS). A parent interrupted by SIGINT/SIGTERM kills its workers
+  before it exits. A rerun with ``reuse=True`` then finishes the grid.
+- Reuse is safe: a run is reused only when its ``summary.json`` says completed/diverged, the
+  config that defines what it trains is unchanged, its data fingerprint
+  (:func:`data_fingerprint`) is unchanged and (completed runs) its checkpoint loads.
+  Anything else retrains.
+- ``records.json`` is rewritten atomically after every finished run; run paths in it are
+  relative to the experiment directory, so the directory can be moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from unimargin.report.records import COMPLETED, DIVERGED, FAILED, RunOutputs, RunRecord, read_history
+
+__all__ = [
+    "RunTask",
+    "run_tasks",
+    "train_task",
+    "data_fingerprint",
+    "write_records",
+    "check_overrides",
+    "base_training_options",
+    "load_eval_data",
+    "run_outputs",
+    "plan_devices",
+    "Progress",
+    "FINGERPRINT_FILE",
+    "HASH_LIMIT_BYTES",
+]
+
+FINGERPRINT_FILE = "data_fingerprint.json"
+# Files up to this size are hashed (SHA-256); larger ones are identified by size + mtime.
+HASH_LIMIT_BYTES = 64 * 2 ** 20
+
+
+@dataclass
+class RunTask:
+    """One run of a grid. ``options`` are TrainConfig fields shared by the grid; ``head``,
+    ``seed``, ``head_params`` and ``run_dir`` make it this run; ``label`` names it in logs
+    (e.g. "lmdl seed 1"); ``device`` overrides the device (one per worker, issue 16)."""
+
+    options: dict[str, Any]
+    head: str
+    seed: int
+    head_params: dict[str, Any]
+    run_dir: str
+    reuse: bool = False
+    label: str = ""
+    device: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self):
+        from unimargin.train import TrainConfig
+
+        options = dict(self.options)
+        options.update(head=self.head, seed=self.seed, out=str(self.run_dir),
+                       head_params=dict(self.head_params), overwrite=True, resume=False)
+        if self.device is not None:
+            options["device"] = self.device
+        return TrainConfig.from_dict(options, source=self.label or "experiment")
+
+
+# --------------------------------------------------------------------------- options
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Every override must be a TrainConfig field (shared by compare and sweep)."""
+    from unimargin.train.config import config_fields
+
+    unknown = sorted(set(overrides) - set(config_fields()))
+    if unknown:
+        raise ValueError(f"overrides: unknown training option(s) {unknown}; valid: {sorted(config_fields())}")
+
+
+def base_training_options(overrides: dict[str, Any], dataset: str, epochs: int) -> dict[str, Any]:
+    """The options every run of a compare or sweep shares."""
+    base = dict(overrides, dataset=dataset, epochs=epochs)
+    base.setdefault("quiet", True)
+    # One thread per run unless told otherwise: the small default models train several times
+    # faster single-threaded, and several threads on a shared 2-core machine oversubscribe it.
+    base.setdefault("num_threads", 1)
+    return base
+
+
+def load_eval_data(base: dict[str, Any]):
+    """The dataset splits the engine trains and evaluates on (``load_splits`` applies
+    ``limit_train`` / ``limit_test`` exactly as training does)."""
+    from unimargin.train import TrainConfig, load_splits
+
+    return load_splits(TrainConfig.from_dict(dict(base, head="softmax"), source="experiment"))
+
+
+# --------------------------------------------------------------------------- fingerprint
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(options: dict[str, Any], hash_limit: int = HASH_LIMIT_BYTES) -> dict[str, Any]:
+    """What identifies the data of a run: the dataset name and, for every file under
+    ``data_dir`` (a file or a directory), its path relative to ``data_dir``, size, mtime (ns)
+    and SHA-256 when the file is at most ``hash_limit`` bytes. Built-in datasets without
+    ``data_dir`` are identified by their name (their generator is versioned with the code)."""
+    out: dict[str, Any] = {"dataset": options.get("dataset"), "files": []}
+    data_dir = options.get("data_dir")
+    if not data_dir:
+        return out
+    root = Path(data_dir)
+    if root.is_file():
+        paths, base = [root], root.parent
+    elif root.is_dir():
+        paths, base = sorted(p for p in root.rglob("*") if p.is_file()), root
+    else:
+        out["missing"] = str(root)
+        return out
+    for path in paths:
+        stat = path.stat()
+        entry = {"path": str(path.relative_to(base)), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if stat.st_size <= hash_limit:
+            entry["sha256"] = _sha256(path)
+        out["files"].append(entry)
+    return out
+
+
+def _same_data(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Equal fingerprints; hashed files compare by content (an mtime change alone, e.g. a
+    copy, does not force a retrain), others by size + mtime."""
+    if not saved or saved.get("dataset") != current.get("dataset") or "missing" in current:
+        return False
+    a, b = saved.get("files", []), current.get("files", [])
+    if [f["path"] for f in a] != [f["path"] for f in b]:
+        return False
+    for old, new in zip(a, b):
+        if old["size"] != new["size"]:
+            return False
+        if "sha256" in old and "sha256" in new:
+            if old["sha256"] != new["sha256"]:
+                return False
+        elif old.get("mtime_ns") != new.get("mtime_ns"):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- reuse
+def _reusable_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    return summary if summary.get("status") in (COMPLETED, DIVERGED) else None
+
+
+def _changed_fields(cfg, saved: dict[str, Any]) -> list[str]:
+    """Fields defining what a run trains (IDENTITY_FIELDS + epochs) that differ between the
+    requested config (resolved now) and a saved run's resolved config."""
+    from unimargin.train.config import IDENTITY_FIELDS, resolve_config
+
+    resolved = resolve_config(cfg)
+
+    def normal(value):
+        return json.dumps(value, sort_keys=True, default=str)
+
+    return [name for name in (*IDENTITY_FIELDS, "epochs")
+            if name != "data_dir" and normal(getattr(resolved, name)) != normal(saved.get(name))]
+
+
+def _checkpoint_loads(run_dir: Path) -> str | None:
+    """None when the run's checkpoint loads, else why not."""
+    from unimargin.train import load_run
+
+    try:
+        load_run(run_dir)
+    except (ValueError, OSError) as error:
+        return str(error)
+    return None
+
+
+def _reuse_record(task: RunTask, cfg, fingerprint: dict[str, Any], log) -> RunRecord | None:
+    run_dir = Path(task.run_dir)
+    summary = _reusable_summary(run_dir)
+    if summary is None:
+        return None
+    changed = _changed_fields(cfg, summary.get("config") or {})
+    if changed:
+        log(f"[run] {task.label}: saved run differs in {changed}; retraining")
+        return None
+    try:
+        saved_fingerprint = json.loads((run_dir / FINGERPRINT_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        saved_fingerprint = None
+    if not _same_data(saved_fingerprint, fingerprint):
+        log(f"[run] {task.label}: data changed since the saved run (or no fingerprint); retraining")
+        return None
+    if summary.get("status") == COMPLETED:
+        problem = _checkpoint_loads(run_dir)
+        if problem is not None:
+            log(f"[run] {task.label}: checkpoint does not load ({problem}); retraining")
+            return None
+    log(f"[run] reuse {task.label}: {summary.get('status')}")
+    record = _record(task, summary)
+    record.reused = True
+    return record
+
+
+def _record(task: RunTask, summary: dict[str, Any]) -> RunRecord:
+    """The record of a run: history read from the run directory as it is now."""
+    run_dir = Path(task.run_dir)
+    return RunRecord(
+        head=task.head, seed=task.seed, status=str(summary.get("status", FAILED)),
+        final=dict(summary.get("final") or {}), runtime_s=float(summary.get("runtime_s") or 0.0),
+        epochs_completed=int(summary.get("epochs_completed") or 0),
+        message=str(summary.get("message") or ""), history=read_history(run_dir),
+        config=dict(summary.get("config") or {}), out=str(run_dir))
+
+
+# --------------------------------------------------------------------------- one run
+def train_task(task: RunTask, log: Callable[[str], None]) -> RunRecord:
+    """Train (or reuse) one run; a crash inside it gives a ``failed`` record, a configuration
+    error (ValueError/TypeError) propagates (it is the user's to fix)."""
+    from unimargin.train import train
+
+    cfg = task.config()
+    fingerprint = data_fingerprint(task.options)
+    if task.reuse:
+        record = _reuse_record(task, cfg, fingerprint, log)
+        if record is not None:
+            return record
+    started = time.perf_counter()
+    try:
+        summary = train(cfg)
+    except (ValueError, TypeError):
+        raise
+    except Exception as error:  # one crashed run must not lose the others
+        log(f"[run] {task.label} FAILED: {type(error).__name__}: {error}")
+        return RunRecord(head=task.head, seed=task.seed, status=FAILED,
+                         message=f"{type(error).__name__}: {error}",
+                         runtime_s=time.perf_counter() - started, out=str(task.run_dir),
+                         history=read_history(task.run_dir))
+    _atomic_write_json(fingerprint, Path(task.run_dir) / FINGERPRINT_FILE)
+    return _record(task, summary)
+
+
+# --------------------------------------------------------------------------- workers
+def _set_parent_death_signal() -> bool:
+    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG = 1)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Any OS: exit when the parent is gone (we were re-parented)."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(interval)
+
+
+def _worker_init(parent_pid: int) -> None:
+    _set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    # Ctrl-C goes to the whole foreground process group: the parent handles it and kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _worker_entry(task: RunTask) -> RunRecord:
+    return train_task(task, _stderr_log)
+
+
+def plan_devices(device: str | None, jobs: int, count: int | None = None) -> list[str | None]:
+    """One device per worker slot: ``--device cuda`` with N visible GPUs gives
+    cuda:0, cuda:1, ... cycled over ``jobs`` slots; anything else gives ``device`` itself.
+    ``count`` = the number of CUDA devices (default ``torch.cuda.device_count()``)."""
+    if device != "cuda":
+        return [device] * jobs
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count()
+    if count < 1:
+        raise ValueError("device: 'cuda' requested but no CUDA device is visible")
+    return [f"cuda:{slot % count}" for slot in range(jobs)]
+
+
+def _kill_workers(pool) -> None:
+    processes = list(getattr(pool, "_processes", {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
+
+
+def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, RunRecord], None],
+              log: Callable[[str], None], cost: Callable[[RunTask], float] | None = None) -> list[RunRecord]:
+    """Train every task, ``jobs`` at a time; returns the records in task order.
+
+    Runs are independent and seeded, so results do not depend on ``jobs`` or the order.
+    Parallel runs use spawned processes (a forked child of a process that already ran
+    OpenMP code can hang) that die with the parent. Tasks are started longest first
+    (``cost``, default the number of epochs) so the last runs do not leave a core idle.
+    ``on_record(index, record)`` is called in the parent as each run finishes.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
+    records: list[RunRecord | None] = [None] * len(tasks)
+    if jobs == 1 or len(tasks) <= 1:
+        for index, task in enumerate(tasks):
+            records[index] = train_task(task, log)
+            on_record(index, records[index])
+        return records  # type: ignore[return-value]
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    cost = cost or (lambda task: float(task.options.get("epochs") or 0))
+    order = sorted(range(len(tasks)), key=lambda i: -cost(tasks[i]))  # stable: ties keep grid order
+    workers = min(jobs, len(tasks))
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_worker_init, initargs=(os.getpid(),))
+    previous_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):  # SIGTERM: stop like Ctrl-C (workers are killed below)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        futures = {pool.submit(_worker_entry, tasks[i]): i for i in order}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = futures[future]
+                records[index] = future.result()
+                on_record(index, records[index])
+    except BaseException:
+        _kill_workers(pool)
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_term)
+    pool.shutdown(wait=True)
+    return records  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- progress
+class Progress:
+    """Progress lines for a grid: "run k/N head seed" when a run starts or finishes, and
+    per-epoch lines read from each run's ``metrics.jsonl`` (works across processes): epoch,
+    SW/Uni in % with 2 decimals, elapsed and estimated remaining time of the grid."""
+
+    def __init__(self, tasks: Sequence[RunTask], log: Callable[[str], None], interval: float = 1.0):
+        self.tasks = list(tasks)
+        self.log = log
+        self.interval = interval
+        self.started = time.perf_counter()
+        self.seen = [0] * len(self.tasks)
+        self.done: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._epochs_done = 0
+        self._epochs_total = sum(int(t.options.get("epochs") or 0) for t in self.tasks)
+
+    def _remaining(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        if self._epochs_done == 0:
+            return f"elapsed {_duration(elapsed)}"
+        left = elapsed * (self._epochs_total - self._epochs_done) / self._epochs_done
+        return f"elapsed {_duration(elapsed)}, ~{_duration(left)} left"
+
+    def _poll(self) -> None:
+        for index, task in enumerate(self.tasks):
+            if index in self.done:
+                continue
+            history = _safe_history(task.run_dir)
+            for row in history[self.seen[index]:]:
+                self._epochs_done += 1
+                self.log(f"[{index + 1}/{len(self.tasks)} {task.label}] epoch {row.get('epoch', '?')}/"
+                         f"{task.options.get('epochs', '?')} {_metrics_text(row)} ({self._remaining()})")
+            self.seen[index] = max(self.seen[index], len(history))
+
+    def finished(self, index: int, record: RunRecord) -> None:
+        with self._lock:
+            if not record.reused:
+                self._poll()
+            self.done.add(index)
+            self._epochs_done += max(0, int(self.tasks[index].options.get("epochs") or 0) - self.seen[index])
+            self.seen[index] = int(self.tasks[index].options.get("epochs") or 0)
+            what = "reused" if record.reused else record.status
+            self.log(f"[run {len(self.done)}/{len(self.tasks)}] {self.tasks[index].label}: {what} "
+                     f"in {record.runtime_s:.1f} s: {_metrics_text(record.final)} ({self._remaining()})")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                self._poll()
+
+    def __enter__(self) -> "Progress":
+        self.log(f"[grid] {len(self.tasks)} runs: " + ", ".join(t.label for t in self.tasks))
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _safe_history(run_dir: str) -> list[dict[str, Any]]:
+    try:
+        return read_history(run_dir)
+    except (ValueError, OSError):  # a line being written right now
+        return []
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _metrics_text(row: dict[str, Any]) -> str:
+    """"sw 93.12% uni 90.00%" from a metrics.jsonl row or a final-metrics dict."""
+    parts = []
+    for key in ("sw", "uni"):
+        value = row.get(key)
+        if value is None:
+            for split in ("val", "test"):
+                nested = row.get(split)
+                if isinstance(nested, dict) and nested.get(key) is not None:
+                    value = nested[key]
+                    break
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"{key} {100.0 * value:.2f}%")
+    loss = row.get("loss", (row.get("train") or {}).get("loss") if isinstance(row.get("train"), dict) else None)
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        parts.insert(0, f"loss {loss:.4f}")
+    return " ".join(parts) or "-"
+
+
+# --------------------------------------------------------------------------- records
+def _atomic_write_json(obj: Any, path: Path) -> None:
+    # TODO(C1): unimargin.io.atomic_write_json once io.py lands (the one atomic-write helper).
+    from unimargin.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes((json.dumps(obj, indent=1, default=str) + "\n").encode("utf-8"), path)
+
+
+def write_records(out: Path, records: Sequence[RunRecord]) -> None:
+    """``out/records.json`` atomically; each run's ``out`` relative to ``out``."""
+    rows = []
+    for record in records:
+        row = record.to_json()
+        if row.get("out"):
+            try:
+                row["out"] = os.path.relpath(Path(row["out"]).resolve(), Path(out).resolve())
+            except ValueError:  # another drive (Windows)
+                pass
+        rows.append(row)
+    _atomic_write_json(rows, Path(out) / "records.json")
+
+
+def run_outputs(run_dir: str | Path, x_test, y_test, x_unknown=None, y_unknown=None, head_name: str = "",
+                seed: int = 0) -> tuple[RunOutputs, dict[str, Any]]:
+    """Load a finished run: its test outputs (for the plots) and open-set metrics
+    (:func:`unimargin.metrics.evaluate.open_set_metrics`; verification unavailable, not an
+    error, with one held-out class)."""
+    from unimargin.metrics import centroid_margins, uniform_accuracy
+    from unimargin.metrics.evaluate import choose_threshold, compute_outputs, open_set_metrics
+    from unimargin.train import load_run
+
+    loaded = load_run(run_dir)
+    features, scores = compute_outputs(loaded.model, loaded.head, x_test)
+    head = loaded.head
+    margins = None
+    decision = head.linear_decision()
+    if decision is not None:
+        weight, bias = decision
+        margins = centroid_margins(features, y_test, weight.detach().float().cpu(), bias.detach().float().cpu())
+    learned = head.threshold
+    outputs = RunOutputs(head=head_name or head.name, seed=seed, features=features, scores=scores, labels=y_test,
+                         t_star=float(uniform_accuracy(scores, y_test).threshold),
+                         learned_threshold=None if learned is None else float(learned),
+                         centroid_margins=margins)
+    open_set: dict[str, Any] = {}
+    if x_unknown is not None and y_unknown is not None and len(x_unknown) > 0:
+        unknown_features, unknown_scores = compute_outputs(loaded.model, loaded.head, x_unknown)
+        # Until runs carry a validation split, the only known split here is the test split.
+        threshold, source = choose_threshold(head, scores, y_test, split="known test set")
+        open_set = open_set_metrics(head, scores, y_test, unknown_features, unknown_scores, y_unknown,
+                                    threshold, source)
+    return outputs, open_set

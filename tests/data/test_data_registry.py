@@ -139,6 +139,10 @@ def test_open_set_property_no_leak_and_counts(k, labels, held_mask):
         with pytest.raises(ValueError, match="leaves the train split empty"):
             open_set_split(base, held)
         return
+    if torch.unique(y_te[~torch.isin(y_te, held_t)]).numel() < 2:  # one known class left to test on
+        with pytest.raises(ValueError, match="the test split holds only class .* at least 2 classes"):
+            open_set_split(base, held)
+        return
     s = open_set_split(base, held)
     known = [c for c in range(k) if c not in held]
     assert not torch.isin(s.x_train[:, 0, 0].long(), torch.tensor(held)).any()
@@ -147,3 +151,189 @@ def test_open_set_property_no_leak_and_counts(k, labels, held_mask):
     assert len(s.x_train) + len(s.x_test) + len(s.x_unknown) == len(y_tr) + len(y_te) - int(torch.isin(y_tr, torch.tensor(held)).sum())
     assert torch.equal(torch.tensor(known)[s.y_train], s.x_train[:, 0, 0].long())
     assert torch.equal(torch.tensor(held)[s.y_unknown], s.x_unknown[:, 0, 0].long() - 100)
+
+
+# ------------------------------------------------------------------ registration metadata (issue 10)
+from unimargin.data import LAYOUTS, dataset_info, register_dataset, validation_split  # noqa: E402
+from unimargin.data.registry import _REGISTRY  # noqa: E402
+
+
+@pytest.fixture
+def registered():
+    """Register test datasets from outside the package; unregister afterwards."""
+    names = []
+
+    def add(name, **meta):
+        def deco(loader):
+            register_dataset(name, **meta)(loader)
+            names.append(name)
+            return loader
+
+        return deco
+
+    yield add
+    for n in names:
+        _REGISTRY.pop(n, None)
+
+
+def _blobs(n_per=6, k=3, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(k).repeat_interleave(n_per)
+    return torch.randn(len(y), d, generator=g) + 3 * y[:, None].float(), y
+
+
+def test_builtin_metadata():
+    expected = {"mnist1d": ("cnn1d", ("signal",)), "fashion-mnist": ("cnn", ("image",)),
+                "digits": ("mlp", ("image",)), "cifar10": ("resnet18", ("image",)),
+                "cifar100": ("resnet18", ("image",)), "folder": ("cnn", ("image",)),
+                "npz": ("mlp", ("tabular", "signal", "image"))}
+    for name, (model, layout) in expected.items():
+        info = dataset_info(name)
+        assert (info.default_model, info.layout) == (model, layout), name
+    assert dataset_info("cifar10").augmentation is not None and dataset_info("digits").augmentation is None
+    assert "test_fraction" in dataset_info("digits").options and "data_dir" in dataset_info("npz").options
+    assert dataset_info("mnist1d").description.startswith("MNIST-1D")
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; valid datasets"):
+        dataset_info("nope")
+
+
+def test_dataset_registered_outside_the_package_loads_with_its_metadata(registered):
+    from unimargin.data.transforms import default_augmentation
+    from unimargin.models import build_model, default_model
+
+    def flip(x, generator=None):
+        return x.flip(-1)
+
+    @registered("toy-tabular", default_model="mlp", layout="tabular", augmentation=flip)
+    def load_toy(scale: float = 1.0):
+        """Toy blobs."""
+        x, y = _blobs()
+        return DatasetSplits(x * scale, y, x, y, ["a", "b", "c"])
+
+    s = load_dataset("toy-tabular", scale=2.0, val_fraction=0.2, val_seed=1)
+    assert s.layout == "tabular" and s.in_shape == (4,) and len(s.x_val) == 3
+    assert default_model("toy-tabular") == "mlp" and default_augmentation("toy-tabular") is flip
+    assert build_model(default_model("toy-tabular"), s.in_shape, 8)(s.x_train).shape == (len(s.x_train), 8)
+    with pytest.raises(ValueError, match=r"does not take option\(s\) \['image_size'\]; valid options: scale"):
+        load_dataset("toy-tabular", image_size=8)
+
+
+def test_declared_layout_is_validated(registered):
+    @registered("toy-says-image", default_model="cnn", layout="image")
+    def load_bad():
+        x, y = _blobs()
+        return DatasetSplits(x, y, x, y, ["a", "b", "c"])
+
+    with pytest.raises(ValueError, match=r"registered with layout image \(\(N, C, H, W\)\).*\(18, 4\) \(tabular\)"):
+        load_dataset("toy-says-image")
+
+
+@pytest.mark.parametrize(
+    "meta,match",
+    [
+        (dict(default_model="mlp", layout="volume"), "layout must be one or more of"),
+        (dict(default_model="mlp", layout=()), "layout must be one or more of"),
+        (dict(default_model="vgg", layout="tabular"), "default_model must be one of"),
+        (dict(default_model="mlp", layout="tabular", augmentation=3), "augmentation must be callable"),
+    ],
+)
+def test_bad_registration(meta, match):
+    with pytest.raises(ValueError, match=match):
+        register_dataset("toy-bad", **meta)
+
+
+def test_registration_rejects_duplicates_and_shared_option_names(registered):
+    with pytest.raises(ValueError, match="'digits' is already registered"):
+        register_dataset("digits", default_model="mlp", layout="image")(lambda: None)
+    with pytest.raises(ValueError, match=r"options \['val_fraction'\] are handled by load_dataset"):
+        register_dataset("toy-clash", default_model="mlp", layout="tabular")(lambda val_fraction=0.1: None)
+    assert "toy-clash" not in list_datasets() and set(LAYOUTS) == {"tabular", "signal", "image"}
+
+
+def test_entry_point_default_model_is_accepted(registered):
+    @registered("toy-ep", default_model="mypkg.nets:build", layout="tabular")
+    def load_ep():
+        x, y = _blobs()
+        return DatasetSplits(x, y, x, y, ["a", "b", "c"])
+
+    assert dataset_info("toy-ep").default_model == "mypkg.nets:build"
+
+
+# ------------------------------------------------------------------ validation split (SPEC §3.9)
+@pytest.mark.parametrize("frac", [0.1, 0.25])
+def test_validation_split_matches_reference_and_is_seeded(frac):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, size=250)
+    y[:1] = 6  # a singleton class stays in train
+    y[1:3] = 7  # a class of 2 sends exactly one to validation
+    tr, va = validation_split(y, frac, seed=3)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(y)
+    assert np.all(np.diff(tr) > 0) and np.all(np.diff(va) > 0)
+    counts = np.bincount(y)
+    for c, n in enumerate(counts):  # per-class loop reference
+        want = 0 if n < 2 else min(max(round(n * frac), 1), n - 1)
+        assert int((y[va] == c).sum()) == want
+    assert np.array_equal(va, validation_split(torch.from_numpy(y), frac, seed=3)[1])
+    assert not np.array_equal(va, validation_split(y, frac, seed=4)[1])
+
+
+@pytest.mark.parametrize("frac", [0, 1, 1.5, -0.1, "a", None, True])
+def test_validation_split_bad_fraction_names_val_fraction(frac):
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        validation_split([0, 1, 0, 1], frac, 0)
+
+
+def test_load_dataset_val_fraction_is_a_stratified_subset_of_train():
+    full = load_dataset("digits")
+    s = load_dataset("digits", val_fraction=0.1, val_seed=7)
+    assert len(s.x_train) + len(s.x_val) == len(full.x_train) and torch.equal(s.x_test, full.x_test)
+    tr, va = validation_split(full.y_train, 0.1, 7)
+    assert torch.equal(s.x_val, full.x_train[va]) and torch.equal(s.y_train, full.y_train[tr])
+    assert torch.unique(s.y_val).numel() == 10
+    again = load_dataset("digits", val_fraction=0.1, val_seed=7)
+    assert torch.equal(again.x_val, s.x_val)
+    assert "x_val" not in repr(full) and "val=(" in repr(s)
+
+
+def test_val_split_after_open_set_holds_only_known_classes():
+    s = load_dataset("digits", unknown_classes=["9"], val_fraction=0.2, val_seed=0)
+    assert s.num_classes == 9 and s.y_val.max() == 8 and torch.unique(s.y_val).numel() == 9
+
+
+def test_dataset_own_validation_split_is_kept_and_open_set_filters_it():
+    x, y = _blobs(n_per=4)
+    base = DatasetSplits(x, y, x + 100, y, ["a", "b", "c"], x_val=x + 200, y_val=y, name="toy")
+    s = open_set_split(base, ["b"])
+    assert torch.equal(s.y_val, torch.tensor([0] * 4 + [1] * 4)) and (s.x_unknown > 50).all()
+
+
+def test_one_class_test_split_is_an_error_before_training(registered):
+    @registered("toy-one-test", default_model="mlp", layout="tabular")
+    def load_one():
+        x, y = _blobs()
+        return DatasetSplits(x, y, x[:3], y[:3], ["a", "b", "c"])  # test = 3 samples of class a
+
+    with pytest.raises(ValueError, match="the test split holds only class 'a' \\(3 samples\\); it needs at least 2"):
+        load_dataset("toy-one-test")
+
+
+def test_one_class_validation_split_is_an_error(registered):
+    @registered("toy-one-val", default_model="mlp", layout="tabular")
+    def load_one():
+        x, y = _blobs()
+        return DatasetSplits(x, y, x, y, ["a", "b", "c"], x_val=x[-2:], y_val=y[-2:])
+
+    with pytest.raises(ValueError, match="the val split holds only class 'c'.*val_fraction"):
+        load_dataset("toy-one-val")
+    with pytest.raises(ValueError, match="x_val and y_val must be given together"):
+        from unimargin.data.registry import _validate
+
+        x, y = _blobs()
+        _validate(DatasetSplits(x, y, x, y, ["a", "b", "c"], x_val=x))
+
+
+def test_preprocessing_records_what_predict_needs():
+    s = load_dataset("digits", unknown_classes=["0"])
+    p = s.preprocessing
+    assert p["dataset"] == "digits" and p["layout"] == "image" and p["in_shape"] == [1, 8, 8]
+    assert p["classes"] == [str(i) for i in range(1, 10)]

@@ -83,9 +83,21 @@ def test_bad_feat_dim(feat_dim):
         build_model("mlp", (4,), feat_dim)
 
 
-def test_default_model():
+def test_default_model_reads_the_dataset_registry():
     expected = {"mnist1d": "cnn1d", "fashion-mnist": "cnn", "digits": "mlp", "cifar10": "resnet18",
                 "cifar100": "resnet18", "npz": "mlp", "folder": "cnn"}
     assert {k: default_model(k) for k in expected} == expected
-    with pytest.raises(ValueError, match="no default model for dataset 'imagenet'"):
+    from unimargin.data import dataset_info, list_datasets
+
+    # no second table: every registered dataset has one, and it is the registry's value
+    assert all(default_model(d) == dataset_info(d).default_model for d in list_datasets())
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid datasets: .*mnist1d"):
         default_model("imagenet")
+
+
+@pytest.mark.parametrize("name,in_shape", CASES)
+def test_no_backbone_attribute_named_features(name, in_shape):
+    """Nothing may duck-type on ``.features`` (issue 10): backbones name their trunk ``body``."""
+    model = _model(name, in_shape)
+    assert not any(n.split(".")[-1] == "features" for n, _ in model.named_modules())
+    assert not hasattr(model, "features")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .registry import DatasetSplits, register_dataset
+from .transforms import crop_flip
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -98,7 +99,7 @@ def _to_tensors(parts) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(labels)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", default_model="resnet18", layout="image", augmentation=crop_flip)
 def load_cifar10(data_dir: str | os.PathLike | None = None, seed: int | None = None) -> DatasetSplits:
     """CIFAR-10 (50000 / 10000, 10 classes). ``seed`` has no effect (fixed split)."""
     directory = _resolve_dir("cifar10", data_dir, "cifar-10-batches-py", "batches.meta")
@@ -109,7 +110,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, seed: int | None = N
     return DatasetSplits(*_to_tensors(train), *_to_tensors(test), classes)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", default_model="resnet18", layout="image", augmentation=crop_flip)
 def load_cifar100(
     data_dir: str | os.PathLike | None = None, label_type: str = "fine", seed: int | None = None
 ) -> DatasetSplits:

@@ -1,7 +1,7 @@
 """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download).
 
 Fixed stratified split (``test_fraction=0.25``, ``seed=0`` by default, see
-:func:`~unimargin.data.registry.stratified_split_indices`); x (N, 1, 8, 8) = pixel / 16 in [0, 1].
+:func:`~unimargin.data.registry.split_train_test`); x (N, 1, 8, 8) = pixel / 16 in [0, 1].
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .registry import DatasetSplits, register_dataset, stratified_split_indices
+from .registry import DatasetSplits, register_dataset, split_train_test
 
 
-@register_dataset("digits")
+@register_dataset("digits", default_model="mlp", layout="image")
 def load_digits(test_fraction: float = 0.25, seed: int | None = None) -> DatasetSplits:
     """Digits train/test tensors; ``seed`` (default 0) and ``test_fraction`` fix the split."""
     try:
@@ -22,6 +22,6 @@ def load_digits(test_fraction: float = 0.25, seed: int | None = None) -> Dataset
     bunch = sk_load_digits()
     x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    train_idx, test_idx = stratified_split_indices(bunch.target, test_fraction, 0 if seed is None else int(seed))
+    train_idx, test_idx = split_train_test(bunch.target, test_fraction, seed, "digits")
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     return DatasetSplits(x[train_idx], y[train_idx], x[test_idx], y[test_idx], [str(i) for i in range(10)])

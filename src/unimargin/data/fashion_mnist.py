@@ -45,7 +45,7 @@ def _load_split(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tenso
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", default_model="cnn", layout="image")
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, seed: int | None = None) -> DatasetSplits:
     """Fashion-MNIST train/test tensors. ``seed`` has no effect (the split is fixed by the files)."""
     directory = Path(data_dir if data_dir is not None else DEFAULT_DIR).expanduser()

@@ -142,7 +142,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0), self.labels[i]
 
 
-@register_dataset("folder")
+@register_dataset("folder", default_model="cnn", layout="image")
 def load_folder(
     data_dir: str | os.PathLike | None = None,
     image_size=None,

@@ -77,7 +77,7 @@ def _write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
 
 
-@register_dataset("mnist1d")
+@register_dataset("mnist1d", default_model="cnn1d", layout="signal")
 def load_mnist1d(cache_dir: str | os.PathLike | None = None, seed: int | None = None) -> DatasetSplits:
     """MNIST-1D train/test tensors, from the cache or generated once.
 

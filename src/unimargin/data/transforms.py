@@ -1,8 +1,10 @@
 """Batched tensor transforms (torch only, no torchvision).
 
-All functions take a batch ``x`` of shape ``(N, C, L)`` or ``(N, C, H, W)`` and act on every
-sample at once; randomness comes from an explicit ``torch.Generator`` so augmentation is
-reproducible from the training seed.
+All functions act on a whole batch at once. Standardisation (:func:`feature_stats`,
+:func:`normalize`) takes any layout: ``(N, d)`` tabular features are standardised per
+feature, ``(N, C, L)`` / ``(N, C, H, W)`` per channel. The augmentations take ``(N, C, L)``
+or ``(N, C, H, W)``; their randomness comes from an explicit ``torch.Generator`` so
+augmentation is reproducible from the training seed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["channel_stats", "normalize", "random_crop", "random_horizontal_flip", "default_augmentation"]
+from .registry import dataset_info, layout_of
+
+__all__ = ["feature_stats", "channel_stats", "normalize", "random_crop", "random_horizontal_flip", "crop_flip",
+           "default_augmentation"]
 
 
 def _check_batch(x: torch.Tensor, name: str = "x") -> None:
@@ -22,24 +27,40 @@ def _check_batch(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must have shape (N, C, L) or (N, C, H, W), got {tuple(x.shape)}")
 
 
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (population) std over samples and positions, shapes (C,).
+def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-set standardisation statistics: (mean, std), each of shape (x.shape[1],).
 
-    mean_c = mean_{n,p} x[n,c,p]; std_c = sqrt(mean_{n,p} (x[n,c,p] - mean_c)^2), computed
-    in float64 so large image sets do not lose precision. Compute on the training split only.
+    Tabular x (N, d): per feature j, mean_j = mean_n x[n,j], std_j = sqrt(mean_n (x[n,j] -
+    mean_j)^2). Signals and images (N, C, ...): per channel c over samples and positions.
+    Population std, computed in float64 (large image sets keep their precision). A constant
+    feature or channel (std = 0) gets std 1, so standardising only centres it: no division
+    by zero, no NaN. Compute on the training split only.
     """
-    _check_batch(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    layout_of(x)  # (N, d), (N, C, L) or (N, C, H, W)
     if x.shape[0] == 0:
-        raise ValueError("channel_stats: x is empty")
+        raise ValueError("feature_stats: x is empty")
     flat = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64)
     mean = flat.mean(dim=1)
     std = flat.var(dim=1, unbiased=False).sqrt()
+    std = torch.where(std > _STD_EPS * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
     return mean.to(x.dtype), std.to(x.dtype)
 
 
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deprecated name of :func:`feature_stats` (same result); kept until every caller moved."""
+    return feature_stats(x)
+
+
+# relative std below which a feature counts as constant (float64 round-off of a constant
+# column is ~1e-16 of its magnitude; real features are far above 1e-12)
+_STD_EPS = 1e-12
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """(x - mean_c) / std_c per channel; channels with std 0 are only centred (std -> 1)."""
-    _check_batch(x)
+    """(x - mean) / std per feature ((N, d)) or per channel ((N, C, ...)); std <= eps -> 1."""
+    layout_of(x)
     mean, std = torch.as_tensor(mean, dtype=x.dtype), torch.as_tensor(std, dtype=x.dtype)
     if mean.shape != (x.shape[1],) or std.shape != (x.shape[1],):
         raise ValueError(f"normalize: mean/std must have shape ({x.shape[1]},), got {tuple(mean.shape)}/{tuple(std.shape)}")
@@ -81,16 +102,15 @@ def random_horizontal_flip(x: torch.Tensor, generator: torch.Generator | None = 
     return torch.where(flip.view((-1,) + (1,) * (x.dim() - 1)), x.flip(-1), x)
 
 
-def _crop_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The standard CIFAR training augmentation: pad-4 random crop, then a random horizontal flip."""
     return random_horizontal_flip(random_crop(x, 4, generator), generator)
 
 
 def default_augmentation(name: str) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None:
-    """Standard training augmentation for dataset ``name``: pad-4 crop + flip for CIFAR, else None.
+    """The training augmentation dataset ``name`` registered (``register_dataset(augmentation=...)``).
 
-    MNIST-1D signals, Fashion-MNIST, digits, npz features and folders are not augmented by
-    default (flips change the meaning of digits and 1-D signals).
+    Built-ins: :func:`crop_flip` for cifar10/cifar100; None for the others (flips change the
+    meaning of digits and 1-D signals; tabular features have no spatial axes).
     """
-    if name in ("cifar10", "cifar100"):
-        return _crop_flip
-    return None
+    return dataset_info(name).augmentation

@@ -18,16 +18,6 @@ __all__ = ["build_model", "list_models", "default_model", "MLP", "CNN", "CNN1D",
 
 _MODELS = {"mlp": MLP, "cnn": CNN, "cnn1d": CNN1D, "resnet18": ResNet18}
 
-_DEFAULT_FOR_DATASET = {
-    "mnist1d": "cnn1d",
-    "fashion-mnist": "cnn",
-    "digits": "mlp",
-    "cifar10": "resnet18",
-    "cifar100": "resnet18",
-    "npz": "mlp",
-    "folder": "cnn",
-}
-
 
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`, sorted."""
@@ -46,7 +36,8 @@ def build_model(name: str, in_shape, feat_dim: int) -> nn.Module:
 
 
 def default_model(dataset_name: str) -> str:
-    """The backbone used for ``dataset_name`` when none is given."""
-    if dataset_name not in _DEFAULT_FOR_DATASET:
-        raise ValueError(f"no default model for dataset {dataset_name!r}; known: {', '.join(sorted(_DEFAULT_FOR_DATASET))}")
-    return _DEFAULT_FOR_DATASET[dataset_name]
+    """The backbone used for ``dataset_name`` when none is given: the ``default_model`` the
+    dataset registered (``unimargin.data.register_dataset``); ValueError for an unknown dataset."""
+    from unimargin.data import dataset_info  # data registers datasets; models only reads them
+
+    return dataset_info(dataset_name).default_model

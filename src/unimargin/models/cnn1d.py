@@ -30,10 +30,10 @@ class CNN1D(nn.Module):
             nn.Flatten(),
         )
         flat = 2 * width * (length // 4)
-        self.head = nn.Sequential(
+        self.fc = nn.Sequential(
             nn.Linear(flat, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, feat_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.fc(self.body(x))

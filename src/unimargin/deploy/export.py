@@ -1,0 +1,217 @@
+"""Export a trained run as one inference graph (ONNX or torch.export ``.pt2``).
+
+The graph goes from the raw model input (what :func:`unimargin.data.load_dataset` returns
+for the run's dataset; the input standardisation of the run is *inside* the graph) to
+
+- ``scores``: (N, K) float32, the class metrics S of SPEC §1 (no training margin);
+- ``label``: (N,) int64, argmax_k S[i, k] when the rejection score r_i > threshold, else −1
+  (SPEC §2.9);
+- ``rejection_score``: (N,) float32, r_i (SPEC §2.9; :mod:`unimargin.metrics.rejection`).
+
+The batch dimension is dynamic. The threshold is baked into the graph; which one is chosen
+(in this order): the ``threshold`` argument; the run's ``calibration.json``
+(:func:`unimargin.deploy.calibrate.load_calibration`); the learned threshold of heads that
+have one (bce-u: b; bce-d: 0); else t* of the run's validation split
+(:func:`unimargin.metrics.evaluate.choose_threshold`). ONNX files carry metadata_props
+(class names, threshold and its source, rejection score, input shape, preprocessing outside
+the graph, unimargin version, head); ``.pt2`` files carry the same dict as the extra file
+``unimargin.json`` (``torch.export.load(path, extra_files={"unimargin.json": ""})``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import torch
+from torch import nn
+
+import unimargin
+from unimargin.metrics.rejection import (check_rejection_score, needs_features,
+                                         rejection_score_unchecked)
+
+from .calibrate import load_calibration, run_splits, training_class_means
+
+FORMATS = ("onnx", "pt2")
+METADATA_FILE = "unimargin.json"  # the metadata's name inside a .pt2 archive
+OUTPUT_NAMES = ("scores", "label", "rejection_score")
+
+
+class InferenceGraph(nn.Module):
+    """Raw input -> (scores, label, rejection_score) for one run and one threshold.
+
+    ``model`` is the run's UnimarginNet (``model(x)`` standardises and returns features).
+    The head's score formula is called without its input validation (which synchronises
+    on the data and cannot be traced); the inputs of a deployed graph are the caller's
+    responsibility.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module, rejection: str, threshold: float,
+                 class_means: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.rejection = check_rejection_score(rejection)
+        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
+        means = None if class_means is None else torch.as_tensor(class_means, dtype=torch.float32)
+        if needs_features(rejection) and means is None:
+            raise ValueError(f"rejection score {rejection!r} needs the training class means")
+        self.register_buffer("class_means", means)
+
+    def forward(self, x: torch.Tensor):
+        f = self.model(x).float()
+        # Head._raw_scores is Head.scores minus input validation (data-dependent checks).
+        s = self.head._raw_scores(f).float()
+        r = rejection_score_unchecked(self.rejection, s, f, self.class_means)
+        pred = s.argmax(dim=1)
+        label = torch.where(r > self.threshold, pred, torch.full_like(pred, -1))
+        return s, label, r
+
+
+def _deployed_threshold(run, run_dir, rejection: str | None, threshold, cache: dict):
+    """(threshold, source, rejection score, class means or None) by the module's order."""
+    calibration = load_calibration(run_dir)
+    if rejection is None:
+        rejection = calibration["rejection_score"] if calibration else "max_score"
+    check_rejection_score(rejection)
+    means = None
+    if calibration and calibration.get("class_means") is not None and rejection == calibration["rejection_score"]:
+        means = torch.tensor(calibration["class_means"], dtype=torch.float32)
+    if needs_features(rejection) and means is None:
+        x_fit, y_fit = cache["splits"][0], cache["splits"][1]
+        means = training_class_means(run, x_fit, y_fit).float()
+    if threshold is not None:
+        t = float(threshold)
+        if t != t or t in (float("inf"), float("-inf")):
+            raise ValueError(f"threshold must be finite, got {threshold!r}")
+        return t, "given (threshold argument)", rejection, means
+    if calibration is not None:
+        if calibration["rejection_score"] != rejection:
+            raise ValueError(
+                f"the run was calibrated for rejection score {calibration['rejection_score']!r}, "
+                f"not {rejection!r}: calibrate it for {rejection!r} or pass a threshold")
+        return float(calibration["threshold"]), calibration["source"], rejection, means
+    if rejection != "max_score":
+        raise ValueError(f"no calibration.json for rejection score {rejection!r}: run "
+                         f"`unimargin calibrate --rejection-score {rejection}` or pass a threshold")
+    from unimargin.metrics.evaluate import choose_threshold, compute_outputs
+
+    _, _, x_val, y_val, _ = cache["splits"]
+    _, val_scores = compute_outputs(run.model, run.head, x_val, 1024)
+    t, source = choose_threshold(run.head, val_scores, y_val)
+    if source == "learned":
+        source = f"learned threshold of {run.config.head} (no calibration.json)"
+    else:
+        source = f"{source} (no calibration.json)"
+    return float(t), source, rejection, means
+
+
+def _preprocessing(cfg) -> str:
+    """What the caller must do before feeding the graph (everything else is inside)."""
+    steps = [f"float32 input shaped (N, *input_shape) as unimargin.data.load_dataset({cfg.dataset!r}) "
+             "returns it (e.g. images: pixel / 255 in [0, 1], channels first)"]
+    size = getattr(cfg, "image_size", None)
+    if size:
+        steps.append(f"resize images to {size}")
+    channels = getattr(cfg, "channels", None)
+    if channels:
+        steps.append(f"convert images to {channels} channel(s)")
+    steps.append("the run's input standardisation is inside the graph" if cfg.normalize_input
+                 else "no input standardisation")
+    return "; ".join(steps)
+
+
+def build_metadata(run, threshold: float, source: str, rejection: str) -> dict:
+    """The metadata stored with an exported graph (all values are strings, as ONNX needs)."""
+    cfg = run.config
+    return {
+        "class_names": json.dumps([str(c) for c in run.classes]),
+        "threshold": repr(float(threshold)),
+        "threshold_source": source,
+        "rejection_score": rejection,
+        "input_shape": json.dumps(["N", *[int(v) for v in run.in_shape]]),
+        "preprocessing": _preprocessing(cfg),
+        "outputs": "scores (N,K) float32; label (N,) int64, -1 = rejected (rejection_score <= "
+                   "threshold); rejection_score (N,) float32",
+        "unimargin_version": unimargin.__version__,
+        "head": cfg.head,
+        "dataset": cfg.dataset,
+        "epoch": str(run.epoch),
+    }
+
+
+def export_run(run_dir, format: str = "onnx", out=None, threshold: float | None = None, *,
+               rejection_score: str | None = None, overwrite: bool = False) -> dict:
+    """Write the inference graph of a trained run to ``out`` (see the module docstring).
+
+    ``format``: ``"onnx"`` (needs the ``export`` extra: onnx, onnxscript; onnxruntime to run
+    it) or ``"pt2"`` (torch.export). ``rejection_score``: default the calibrated one, else
+    ``max_score``. Refuses to replace an existing ``out`` unless ``overwrite=True``; the file
+    is written atomically. Returns the metadata dict plus ``path`` and ``format``.
+    """
+    from unimargin.train import atomic_write_bytes, load_run
+
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if out is None:
+        raise ValueError("out: the output file path is required")
+    out = os.fspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise ValueError(f"out: {out!r} already exists; pass overwrite=True (--overwrite) to "
+                         f"replace it")
+    if os.path.isdir(out):
+        raise ValueError(f"out: {out!r} is a directory, expected a file path")
+    run = load_run(run_dir)
+    cache = {"splits": run_splits(run)}
+    t, source, rejection, means = _deployed_threshold(run, run_dir, rejection_score, threshold,
+                                                      cache)
+    graph = InferenceGraph(run.model, run.head, rejection, t, means).eval()
+    meta = build_metadata(run, t, source, rejection)
+    example = cache["splits"][2][:2]
+    if example.shape[0] < 2:
+        example = cache["splits"][0][:2]
+    # batch ≥ 2 in the example so the exporter does not specialise the dimension to 1
+    dynamic = {"x": {0: torch.export.Dim("batch")}}
+    if format == "onnx":
+        data = _onnx_bytes(graph, example, dynamic, meta)
+    else:
+        with torch.no_grad():
+            program = torch.export.export(graph, (example,), dynamic_shapes=dynamic)
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(meta)})
+        data = buffer.getvalue()
+    atomic_write_bytes(data, out)
+    return {**meta, "path": out, "format": format}
+
+
+def _onnx_bytes(graph: nn.Module, example: torch.Tensor, dynamic: dict, meta: dict) -> bytes:
+    import onnx  # the `export` extra (checker; torch.onnx needs onnxscript)
+
+    with torch.no_grad():
+        program = torch.onnx.export(graph, (example,), input_names=["x"],
+                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic,
+                                    dynamo=True, verbose=False)
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def read_metadata(path) -> dict:
+    """The unimargin metadata of an exported ``.onnx`` or ``.pt2`` file."""
+    path = os.fspath(path)
+    if path.endswith(".pt2"):
+        extra = {METADATA_FILE: ""}
+        torch.export.load(path, extra_files=extra)
+        return json.loads(extra[METADATA_FILE])
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+__all__ = ["FORMATS", "InferenceGraph", "build_metadata", "export_run", "read_metadata"]

@@ -133,3 +133,63 @@ def test_real_fashion_mnist_files():
     assert torch.equal(torch.bincount(s.y_test), torch.full((10,), 1000))
     assert s.x_train.min() == 0 and s.x_train.max() == 1
     assert 0.25 < s.x_train.mean() < 0.32  # published pixel mean 0.286
+
+
+def _gz_idx(path, dims, payload: bytes):
+    """A gzip IDX with a hand-written header that may disagree with its payload."""
+    header = bytes([0, 0, 0x08, len(dims)]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    path.write_bytes(gzip.compress(header + payload, compresslevel=9))
+    return path
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            fn()
+        return tracemalloc.get_traced_memory()[1], str(info.value)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dims,reason", [
+    ((1_000_000, 1000, 1000), "above the limit of"),  # 1e12 bytes > max_bytes
+    ((1000, 1000, 1000), "more than a gzip file of"),  # 1e9 bytes: under the limit, beyond deflate's ratio
+])
+def test_gzip_declaring_a_huge_size_is_refused_from_its_header(tmp_path, dims, reason):
+    """issue 11 item 13: a small gzip that expands hugely was decompressed whole before its size check."""
+    f = _gz_idx(tmp_path / "huge.gz", dims, bytes(10_000_000))
+    peak, msg = _peak_bytes(lambda: read_idx(f))
+    assert f"huge.gz: the header declares {dims}" in msg and reason in msg and "refusing" in msg
+    assert peak < 2_000_000  # nothing was decompressed (the payload is 10 MB)
+
+
+def test_gzip_whose_payload_exceeds_the_header_stops_at_the_first_extra_byte(tmp_path):
+    f = _gz_idx(tmp_path / "long.gz", (10, 28, 28), bytes(40_000_000))  # header: 7840 bytes; payload: 40 MB
+    peak, msg = _peak_bytes(lambda: read_idx(f))
+    assert "long.gz: payload is longer than the header (10, 28, 28)" in msg and "trailing data" in msg
+    assert peak < 5_000_000  # streamed: far below the 40 MB the whole payload needs
+
+
+def test_gzip_with_short_payload_and_max_bytes(tmp_path):
+    f = _gz_idx(tmp_path / "short.gz", (10, 28, 28), bytes(7000))
+    with pytest.raises(ValueError, match=r"short.gz: payload is 7000 bytes but the header .* needs 7840 \(file truncated\)"):
+        read_idx(f)
+    ok = _gz_idx(tmp_path / "ok.gz", (10, 28, 28), bytes(range(256)) * 30 + bytes(160))
+    assert read_idx(ok).shape == (10, 28, 28)
+    with pytest.raises(ValueError, match=r"ok.gz: the header declares .* 7840 bytes, above the limit of 7000 bytes"):
+        read_idx(ok, max_bytes=7000)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("gz", [True, False])
+def test_multibyte_types_round_trip_big_endian(tmp_path, dtype, gz):
+    arr = (np.arange(24).reshape(2, 3, 4) * 1000 - 7000).astype(dtype)
+    path = tmp_path / ("m.gz" if gz else "m")
+    write_idx(path, arr)
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    assert raw[16:16 + arr.itemsize] == arr.astype(np.dtype(dtype).newbyteorder(">")).tobytes()[:arr.itemsize]
+    out = read_idx(path)
+    assert out.dtype == np.dtype(dtype) and np.array_equal(out, arr)

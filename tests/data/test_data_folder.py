@@ -122,3 +122,98 @@ def test_folder_open_set(tmp_path):
     full = load_dataset("folder", data_dir=tmp_path)
     assert torch.equal(s.x_unknown, full.x_test[full.y_test == 1])
     assert torch.cdist(s.x_train.flatten(1), full.x_train[full.y_train == 1].flatten(1)).min() > 0
+
+
+def _png16_rgb(path, arr):
+    """Independent 16-bit RGB PNG encoder (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
+    import struct
+    import zlib
+
+    h, w, _ = arr.shape
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + arr[r].astype(">u2").tobytes() for r in range(h))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+
+
+def test_16bit_grayscale_is_scaled_by_its_bit_depth_not_clipped(tmp_path):
+    """issue 11 item 9: convert("L") clipped every 16-bit value above 255 to white."""
+    rng = np.random.default_rng(0)
+    written = {}
+    for c in ("a", "b"):
+        for i in range(4):
+            arr = rng.integers(0, 65536, (5, 6), dtype=np.uint16)
+            _png(tmp_path / c / f"{i}.png", arr)
+            written[(c, i)] = arr
+    s = load_dataset("folder", data_dir=tmp_path, test_fraction=0.25)
+    pool = torch.cat([s.x_train, s.x_test])[:, 0].numpy().astype(np.float64)
+    assert s.x_train.shape[1] == 1 and pool.max() < 1.0 and 0.3 < pool.mean() < 0.7  # clipped would be ~1.0
+    for arr in written.values():  # every file appears exactly, as value / 65535
+        ref = arr.astype(np.float64) / 65535
+        assert np.abs(pool - ref).reshape(len(pool), -1).max(1).min() < 1e-6
+
+
+def test_16bit_rgb_png_keeps_its_scale(tmp_path):
+    arr = np.zeros((4, 4, 3), np.uint16)
+    arr[..., 0], arr[..., 1], arr[..., 2] = 30000, 65535, 1000
+    for c in ("a", "b"):
+        for i in range(2):
+            _png16_rgb(tmp_path / c / f"{i}.png", arr)
+    s = load_dataset("folder", data_dir=tmp_path, test_fraction=0.5)
+    px = s.x_train[0, :, 0, 0].numpy()
+    assert s.x_train.shape[1] == 3 and np.allclose(px, arr[0, 0] / 65535, atol=1 / 255)
+
+
+def test_mixed_8_and_16_bit_sizes_and_channels(tmp_path):
+    _png(tmp_path / "a" / "0.png", np.full((10, 12), 128, np.uint8))
+    _png(tmp_path / "a" / "1.png", np.full((20, 16), 32896, np.uint16))  # 32896 / 65535 == 128 / 255
+    _png(tmp_path / "b" / "0.png", np.full((8, 8, 3), 255, np.uint8))
+    _png(tmp_path / "b" / "1.png", np.full((9, 7), 65535, np.uint16))
+    s = load_dataset("folder", data_dir=tmp_path, image_size="6,5", channels=3, test_fraction=0.5)
+    assert s.x_train.shape[1:] == (3, 6, 5) and s.x_test.shape[1:] == (3, 6, 5)
+    x, y = torch.cat([s.x_train, s.x_test]), torch.cat([s.y_train, s.y_test])
+    assert torch.allclose(x[y == 0], torch.full_like(x[y == 0], 128 / 255), atol=1e-5)
+    assert torch.allclose(x[y == 1], torch.ones_like(x[y == 1]), atol=1e-6)
+    assert s.preprocessing["image_size"] == [6, 5] and s.preprocessing["channels"] == 3
+    assert s.preprocessing["dataset"] == "folder" and s.preprocessing["classes"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("text,size", [(8, (8, 8)), ("8", (8, 8)), ("6,5", (6, 5)), ("6x5", (6, 5)), ([6, 5], (6, 5)),
+                                       ((4, 3), (4, 3)), (None, None)])
+def test_parse_image_size(text, size):
+    from unimargin.data.folder import parse_image_size
+
+    assert parse_image_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["a", "0", "3,0", "1,2,3", -4, 2.5, True, [1.5, 2]])
+def test_parse_image_size_errors(bad):
+    from unimargin.data.folder import parse_image_size
+
+    with pytest.raises(ValueError, match="image_size must be H or H,W"):
+        parse_image_size(bad)
+
+
+def test_train_test_layout_refuses_test_fraction(tmp_path):
+    make_tree(tmp_path / "train", per_class=2)
+    make_tree(tmp_path / "test", per_class=1)
+    with pytest.raises(ValueError, match="has train/ and test/ sub-directories; test_fraction applies only without"):
+        load_dataset("folder", data_dir=tmp_path, test_fraction=0.3)
+
+
+def test_too_small_folder_names_the_folder(tmp_path):
+    make_tree(tmp_path, per_class=1)
+    with pytest.raises(ValueError, match=r"folder .*: 3 samples are too few to split off a test set"):
+        load_dataset("folder", data_dir=tmp_path)
+
+
+def test_32bit_and_out_of_range_float_images_are_refused(tmp_path):
+    make_tree(tmp_path, per_class=2, rgb=False)
+    Image.fromarray(np.full((6, 7), 3.5, np.float32), "F").save(tmp_path / "cat" / "f.tif")
+    with pytest.raises(ValueError, match=r"image .*f.tif is a floating-point image with values outside \[0, 1\]"):
+        load_dataset("folder", data_dir=tmp_path)

@@ -12,8 +12,9 @@ def test_python_dash_m_unimargin_is_the_cli():
 
 
 def test_public_api_names():
-    assert set(unimargin.list_heads()) == {
-        "softmax", "normface", "cosface", "arcface", "center", "lmdl", "bce-u", "bce-d"}
+    # (other test modules register heads of their own: the built-ins are a subset)
+    assert {"softmax", "normface", "cosface", "arcface", "center", "lmdl", "bce-u", "bce-d"} <= set(
+        unimargin.list_heads())
     head = unimargin.build_head("bce-u", num_classes=3, feat_dim=4)
     assert isinstance(head, unimargin.Head)
     assert head.bias.shape == ()

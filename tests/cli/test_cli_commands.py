@@ -107,7 +107,7 @@ def test_bce_u_predict_threshold_options(tmp_path, inputs):
     torch.save({"x": x}, tmp_path / "x.pt")
     for f in ("x.npy", "x.pt"):
         assert main(["predict", "--checkpoint", str(out), "--input", str(tmp_path / f),
-                     "--out", str(tmp_path / "o.csv")]) == 0
+                     "--out", str(tmp_path / "o.csv"), "--overwrite"]) == 0
         assert torch.equal(_read_csv(tmp_path / "o.csv")[1], _read_csv(tmp_path / "default.csv")[1])
 
 

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from unimargin.cli import main
-from unimargin.report.sweep import parse_values, resolve_param
+from unimargin.experiments.sweep import parse_values, resolve_param
 
 TINY = ["--dataset", "digits", "--seeds", "2", "--epochs", "1", "--limit-train", "300", "--batch-size", "64"]
 
@@ -37,7 +37,7 @@ def _check_html(path):
 def test_compare_tiny_open_set(tmp_path):
     out = tmp_path / "cmp"
     config = tmp_path / "options.yaml"
-    config.write_text("normalize_input: true\n")  # not a compare flag: goes to a YAML in the rerun command
+    config.write_text("normalize_input: true\nhead_params: {bce-u: {neg_rate: 1e-0}}\n")
     status = main(["compare", "--heads", "softmax,bce-u", "--unknown-classes", "8,9", "--out", str(out),
                    "--head-param", "bce-u:neg_weight=1.0", "--jobs", "1", "--config", str(config), *TINY])
     assert status == 0
@@ -61,10 +61,9 @@ def test_compare_tiny_open_set(tmp_path):
     assert "| `softmax` | sgd |" in markdown or "| `softmax` | adamw |" in markdown
     assert "unimargin compare --dataset digits --heads softmax,bce-u --seeds 2 --epochs 1" in markdown
     assert "--unknown-classes 8,9" in markdown and "--head-param bce-u:neg_weight=1.0" in markdown
-    assert f"--config {out / 'compare_options.yaml'}" in markdown
-    import yaml
-
-    assert yaml.safe_load((out / "compare_options.yaml").read_text()) == {"normalize_input": True}
+    # Every training option is a flag of compare too, so the rerun command needs no YAML.
+    assert "--normalize-input" in markdown and "--head-param bce-u:neg_rate=1.0" in markdown
+    assert not (out / "compare_options.yaml").exists()
     assert len(_check_html(out / "report.html")) == 4
 
 
@@ -113,8 +112,22 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
         parse_values("1,1")
 
 
-def test_cli_options_match_the_flags():
-    from unimargin.report.commands import _TRAIN_DESTS
-    from unimargin.report.compare import CLI_OPTIONS
+def test_train_compare_and_sweep_accept_the_same_training_flags():
+    from unimargin.cli import build_parser
+    from unimargin.cli._grid import GRID_FIELDS
+    from unimargin.cli.options import flag_name, training_fields
 
-    assert set(CLI_OPTIONS) == set(_TRAIN_DESTS) | {"unknown_classes"}
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    flags = {name: {s for a in sub[name]._actions for s in a.option_strings} for name in ("train", "compare", "sweep")}
+    expected = {flag_name(f.name, kind) for f, kind, _ in training_fields()}
+    assert expected <= flags["train"]
+    grid_expected = {flag_name(f.name, kind) for f, kind, _ in training_fields(exclude=GRID_FIELDS)}
+    assert grid_expected and grid_expected <= flags["compare"] and grid_expected <= flags["sweep"]
+    # every TrainConfig field is reachable from train (none hand-listed)
+    import dataclasses
+
+    from unimargin.train import TrainConfig
+
+    assert {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli") is not False} == \
+        {f.name for f, _, _ in training_fields()}

@@ -41,6 +41,8 @@ __all__ = [
     "load_eval_data",
     "run_outputs",
     "plan_devices",
+    "pin_device",
+    "rerun_command",
     "Progress",
     "FINGERPRINT_FILE",
     "HASH_LIMIT_BYTES",
@@ -284,8 +286,37 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
         time.sleep(interval)
 
 
-def _worker_init(parent_pid: int) -> None:
+def pin_device(device: str | None, environ=os.environ) -> None:
+    """Make ``cuda:N`` this process's only visible GPU (``CUDA_VISIBLE_DEVICES=N``), so runs
+    keep ``device: cuda`` in their config (what is trained does not depend on the slot).
+    Must run before CUDA initialises: the worker initializer calls it first."""
+    if device is not None and device.startswith("cuda:"):
+        environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+
+
+def plugin_modules(tasks: Sequence[RunTask]) -> list[str]:
+    """Modules outside the package that registered a head or dataset the tasks use. A
+    spawned worker imports them first, so heads and datasets registered by the user's own
+    module (``@unimargin.register_head``, ``@register_dataset``) train in workers too."""
+    from unimargin.data import dataset_info
+    from unimargin.heads.registry import _lookup
+
+    names = set()
+    for task in tasks:
+        names.add(_lookup(task.head).__module__)
+        names.add(dataset_info(task.options.get("dataset", "mnist1d")).loader.__module__)
+    # __main__ is re-run by spawn itself (as __mp_main__).
+    return sorted(n for n in names if n.split(".")[0] != "unimargin" and n not in ("__main__", "__mp_main__"))
+
+
+def _worker_init(parent_pid: int, devices=None, modules: Sequence[str] = ()) -> None:
+    import importlib
+
     _set_parent_death_signal()
+    if devices is not None:
+        pin_device(devices.get())
+    for name in modules:
+        importlib.import_module(name)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
@@ -303,10 +334,11 @@ def _worker_entry(task: RunTask) -> RunRecord:
 
 def plan_devices(device: str | None, jobs: int, count: int | None = None) -> list[str | None]:
     """One device per worker slot: ``--device cuda`` with N visible GPUs gives
-    cuda:0, cuda:1, ... cycled over ``jobs`` slots; anything else gives ``device`` itself.
+    cuda:0, cuda:1, ... cycled over ``jobs`` slots; anything else gives None (each run's
+    own ``device`` option applies).
     ``count`` = the number of CUDA devices (default ``torch.cuda.device_count()``)."""
     if device != "cuda":
-        return [device] * jobs
+        return [None] * jobs
     if count is None:
         import torch
 
@@ -327,14 +359,16 @@ def _kill_workers(pool) -> None:
 
 
 def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, RunRecord], None],
-              log: Callable[[str], None], cost: Callable[[RunTask], float] | None = None) -> list[RunRecord]:
+              log: Callable[[str], None], cost: Callable[[RunTask], float] | None = None,
+              devices: Sequence[str | None] | None = None) -> list[RunRecord]:
     """Train every task, ``jobs`` at a time; returns the records in task order.
 
     Runs are independent and seeded, so results do not depend on ``jobs`` or the order.
     Parallel runs use spawned processes (a forked child of a process that already ran
     OpenMP code can hang) that die with the parent. Tasks are started longest first
     (``cost``, default the number of epochs) so the last runs do not leave a core idle.
-    ``on_record(index, record)`` is called in the parent as each run finishes.
+    ``on_record(index, record)`` is called in the parent as each run finishes. ``devices``
+    (:func:`plan_devices`): worker i sees only GPU ``devices[i]`` (:func:`pin_device`).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
@@ -351,8 +385,14 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, Run
     order = sorted(range(len(tasks)), key=lambda i: -cost(tasks[i]))  # stable: ties keep grid order
     workers = min(jobs, len(tasks))
     context = multiprocessing.get_context("spawn")
+    device_queue = None
+    if devices and any(d is not None for d in devices):
+        device_queue = context.Queue()
+        for slot in range(workers):
+            device_queue.put(devices[slot % len(devices)])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=_worker_init, initargs=(os.getpid(),))
+                               initializer=_worker_init,
+                               initargs=(os.getpid(), device_queue, plugin_modules(tasks)))
     previous_term = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):  # SIGTERM: stop like Ctrl-C (workers are killed below)
@@ -527,3 +567,49 @@ def run_outputs(run_dir: str | Path, x_test, y_test, x_unknown=None, y_unknown=N
         open_set = open_set_metrics(head, scores, y_test, unknown_features, unknown_scores, y_unknown,
                                     threshold, source)
     return outputs, open_set
+
+
+# --------------------------------------------------------------------------- rerun command
+def _flag_parts(key: str, value: Any) -> list[str]:
+    """The flags `unimargin.cli.options` generates for TrainConfig field ``key``."""
+    flag = "--" + key.replace("_", "-")
+    if value is None:
+        return []
+    if value is True:
+        return [flag]
+    if value is False:
+        return ["--no-" + key.replace("_", "-")]
+    if isinstance(value, (list, tuple)):
+        return [flag, ",".join(str(v) for v in value)]
+    if isinstance(value, dict):
+        parts: list[str] = []
+        for sub_key, sub_value in value.items():
+            parts += [flag, f"{sub_key}={sub_value}"]
+        return parts
+    return [flag, str(value)]
+
+
+def rerun_command(name: str, flags: dict[str, Any], overrides: dict[str, Any], out: Path) -> str:
+    """The exact command that reruns this compare/sweep, every setting explicit. Training
+    options are flags (compare and sweep accept every TrainConfig flag); fields marked
+    ``cli: False`` in their metadata go to ``out/<name>_options.yaml`` passed with --config."""
+    import dataclasses
+    import shlex
+
+    from unimargin.train import TrainConfig
+
+    no_flag = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli") is False}
+    parts = ["unimargin", name]
+    for key, value in flags.items():
+        parts += _flag_parts(key, value)
+    extra = {k: v for k, v in overrides.items() if k in no_flag}
+    for key, value in overrides.items():
+        if key not in no_flag and key != "quiet":
+            parts += _flag_parts(key, value)
+    if extra:
+        from unimargin.train.config import save_yaml
+
+        path = Path(out) / f"{name}_options.yaml"
+        save_yaml(extra, path)
+        parts += ["--config", str(path)]
+    return shlex.join(parts)

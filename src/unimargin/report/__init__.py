@@ -5,7 +5,10 @@ sweeps (``unimargin sweep``), their statistics, tables, plots and Markdown/HTML 
   beta, no scipy), exact sign-flip permutation p-value.
 - :mod:`.records` — :class:`RunRecord` (one run as the report sees it).
 - :mod:`.tables`, :mod:`.plots`, :mod:`.render` — building blocks of the reports.
-- :mod:`.compare`, :mod:`.sweep` — run and report; :mod:`.commands` — the CLI sub-commands.
+- :mod:`.compare`, :mod:`.sweep` — the compare and sweep documents.
+
+Records in, document out: this package never trains and never loads a checkpoint (the runs
+are made by :mod:`unimargin.experiments`).
 
 See docs/compare.md for how to run and read a report.
 """
@@ -21,19 +24,17 @@ __all__ = [
     "summarize",
     "paired_t_test",
     "sign_flip_p_value",
-    "run_compare",
     "write_compare_report",
-    "run_sweep",
     "write_sweep_report",
 ]
 
 
-def __getattr__(name):  # heavy parts (torch training, matplotlib) load on first use
-    if name in ("run_compare", "write_compare_report", "CompareResult"):
+def __getattr__(name):  # heavy parts (matplotlib) load on first use
+    if name in ("write_compare_report", "CompareResult"):
         from . import compare
 
         return getattr(compare, name)
-    if name in ("run_sweep", "write_sweep_report", "SweepResult"):
+    if name in ("write_sweep_report", "SweepResult"):
         from . import sweep
 
         return getattr(sweep, name)

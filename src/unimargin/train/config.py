@@ -62,7 +62,7 @@ class TrainConfig:
     nesterov: bool | None = None
     weight_decay: float | None = None
     schedule: str | None = None
-    milestones: list | None = None  # epochs, for schedule "multistep"
+    milestones: list[int] | None = None  # epochs, for schedule "multistep"
     gamma: float = 0.1  # multistep factor
     warmup_epochs: float | None = None
     grad_clip: float | None = None  # max global gradient L2 norm; None = off
@@ -122,7 +122,20 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"config file {path!r}: expected a mapping of option: value at the "
                          f"top level, got {type(data).__name__}")
     # Accept dashed keys as written on the command line.
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): _normalise_yaml(v) for k, v in data.items()}
+
+
+def _normalise_yaml(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; give such numbers the value
+    :func:`parse_value` gives them on the command line, so flags and files agree."""
+    if isinstance(value, dict):
+        return {k: _normalise_yaml(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise_yaml(v) for v in value]
+    if isinstance(value, str):
+        parsed = parse_value(value)
+        return parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else value
+    return value
 
 
 def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
@@ -133,6 +146,55 @@ def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
 
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     atomic_write_bytes(text.encode("utf-8"), path)
+
+
+_NUMBER = None  # compiled lazily by parse_value
+
+
+def parse_value(text: Any) -> Any:
+    """THE scalar parser for NAME=VALUE flags, sweep values and YAML strings: ints, floats
+    (including ``1e-3``, which YAML 1.1 reads as a string), true/false, null/none, else the
+    string itself (stripped). Non-strings are returned unchanged."""
+    global _NUMBER
+    if not isinstance(text, str):
+        return text
+    import re
+
+    if _NUMBER is None:
+        _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+    value = text.strip()
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    if re.fullmatch(r"[+-]?\d+", value):
+        return int(value)
+    if _NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
+def parse_assignments(items, allow_head_prefix: bool = False, option: str = "--head-param") -> dict[str, Any]:
+    """``["NAME=VALUE", ...]`` -> {name: value} (values through :func:`parse_value`); with
+    ``allow_head_prefix`` every item is ``HEAD:NAME=VALUE`` -> {head: {name: value}}.
+    A malformed item raises ValueError naming ``option`` and the expected form."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        text = str(item)
+        head = None
+        if allow_head_prefix:
+            head, sep, text = text.partition(":")
+            if not sep or not head.strip():
+                raise ValueError(f"{option}: expected HEAD:NAME=VALUE (e.g. lmdl:delta_d=3), got {item!r}")
+            head = head.strip()
+        name, eq, raw = text.partition("=")
+        if not eq or not name.strip():
+            form = "HEAD:NAME=VALUE (e.g. lmdl:delta_d=3)" if allow_head_prefix else "NAME=VALUE (e.g. delta_d=3)"
+            raise ValueError(f"{option}: expected {form}, got {item!r}")
+        target = out.setdefault(head, {}) if head is not None else out
+        target[name.strip()] = parse_value(raw)
+    return out
 
 
 def merge(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from unimargin import build_head, list_heads
-from unimargin.heads import lmdl_kernel
+from unimargin._native import lmdl_kernel
 
 CONFIGS = [(256, 10, 128), (256, 1000, 512), (1024, 10000, 512)]
 LOOP_MAX_K = 1000
@@ -211,14 +211,14 @@ jobs (2 cores), so expect roughly ±20% noise on the ratios.
 
 Targets: lmdl <= 2x plain for K <= 1000; lmdl >= 10x faster than the loop at K = 1000.
 
-lmdl uses its dense all-classes path for K <= 64 (`DENSE_MAX_K` in heads/lmdl.py) and the
+lmdl uses its dense all-classes path for K <= 64 (`FUSED_MAX_K` in heads/lmdl/head.py) and the
 sparse present-classes path above. At K = 10 every step is a few dozen tiny tensor ops, so
 the ratio measures per-op overhead (each small op costs ~20-40 µs on this loaded machine),
 not arithmetic. `--threads 2` on the shared 2-core machine is dominated by OpenMP
 contention with the other jobs (plain K = 10 step ~80 ms instead of ~0.5 ms), so only the
 1-thread numbers are meaningful here.
 
-`lmdl` is the head as shipped (the compiled CPU kernel of `heads/lmdl_kernel.c` where it
+`lmdl` is the head as shipped (the compiled CPU kernel of `_native/lmdl_kernel.c` where it
 applies: {lmdl_kernel.status()}); `lmdl-pytorch` is the same head with the kernel
 disabled (`lmdl_kernel.disabled()`), i.e. its PyTorch implementation.
 

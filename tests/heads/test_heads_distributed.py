@@ -20,8 +20,17 @@ STEP_LABELS = [
     [4, 4, 4, 1, 0, 3, 3, 3],
     [2, 2, 2, 2, 0, 4, 1, 1],
 ]
+# K > 64: past the fused single-process step; DDP and one process both run THE formula
+# (heads/lmdl/terms.py) on the present classes only.
+K_LARGE = 70
+STEP_LABELS_LARGE = [
+    [0, 65, 69, 2, 65, 1, 3, 69],
+    [64, 64, 66, 1, 0, 68, 68, 3],
+    [69, 69, 2, 2, 0, 66, 1, 1],
+]
 HPARAMS = {
     "lmdl": dict(delta_v=0.2, delta_d=2.5, momentum=0.5, reg_weight=0.1),
+    "lmdl-k70": dict(delta_v=0.2, delta_d=2.5, momentum=0.5, reg_weight=0.1),
     "center": dict(center_weight=0.5, center_lr=0.6),
 }
 
@@ -31,16 +40,18 @@ class _Net(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.backbone = nn.Linear(IN_DIM, FEAT)
-        self.head = build_head(head_name, K, FEAT, **HPARAMS[head_name])
+        name, classes = ("lmdl", K_LARGE) if head_name == "lmdl-k70" else (head_name, K)
+        self.head = build_head(name, classes, FEAT, **HPARAMS[head_name])
 
     def forward(self, x, y):
         return self.head(self.backbone(x), y)
 
 
-def _data():
+def _data(head_name="lmdl"):
+    steps = STEP_LABELS_LARGE if head_name == "lmdl-k70" else STEP_LABELS
     gen = torch.Generator().manual_seed(4)
-    xs = [torch.randn(len(labels), IN_DIM, generator=gen, dtype=torch.float64) for labels in STEP_LABELS]
-    return xs, [torch.tensor(labels) for labels in STEP_LABELS]
+    xs = [torch.randn(len(labels), IN_DIM, generator=gen, dtype=torch.float64) for labels in steps]
+    return xs, [torch.tensor(labels) for labels in steps]
 
 
 def _train(model, step_batches, lr=0.2):
@@ -63,7 +74,7 @@ def _train(model, step_batches, lr=0.2):
 def _run_case(rank, head_name, empty_rank1):
     from torch.nn.parallel import DistributedDataParallel
 
-    xs, ys = _data()
+    xs, ys = _data(head_name)
     batches = []
     for x, y in zip(xs, ys):
         half = len(y) // 2
@@ -81,7 +92,7 @@ def _worker(rank, world_size, payload):
     return {case: _run_case(rank, *case) for case in payload}
 
 
-CASES = [("lmdl", False), ("center", False), ("lmdl", True), ("center", True)]
+CASES = [("lmdl", False), ("lmdl-k70", False), ("center", False), ("lmdl", True), ("center", True)]
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +102,9 @@ def distributed_runs():
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("head_name", ["lmdl", "center"])
+@pytest.mark.parametrize("head_name", ["lmdl", "lmdl-k70", "center"])
 def test_two_processes_match_one_process(head_name, distributed_runs):
-    xs, ys = _data()
+    xs, ys = _data(head_name)
     single = _train(_Net(head_name).double(), list(zip(xs, ys)))
     ranks = distributed_runs[(head_name, False)]
     for step, ref in enumerate(single):
@@ -102,7 +113,7 @@ def test_two_processes_match_one_process(head_name, distributed_runs):
                 torch.testing.assert_close(rec["buffers"][n], b, rtol=1e-12, atol=1e-12, msg=f"{n} step {step}")
             for n, g in ref["grads"].items():
                 torch.testing.assert_close(rec["grads"][n], g, rtol=1e-10, atol=1e-12, msg=f"{n} step {step}")
-            global_terms = ["compact", "margin", "reg"] if head_name == "lmdl" else []
+            global_terms = ["compact", "margin", "reg"] if head_name.startswith("lmdl") else []
             for k in global_terms:  # identical on every rank, equal to the full batch
                 torch.testing.assert_close(rec["terms"][k], ref["terms"][k], rtol=1e-12, atol=1e-12)
         # CE (a local mean) averaged over the equal halves = CE of the full batch
@@ -110,6 +121,9 @@ def test_two_processes_match_one_process(head_name, distributed_runs):
         torch.testing.assert_close(ce_mean, ref["terms"]["ce"], rtol=1e-12, atol=1e-12)
     if head_name == "lmdl":
         assert bool(single[-1]["buffers"]["head.seen"].all())
+    if head_name == "lmdl-k70":
+        seen = single[-1]["buffers"]["head.seen"]
+        assert seen.shape == (K_LARGE,) and int(seen.sum()) == len(set(sum(STEP_LABELS_LARGE, [])))
 
 
 @pytest.mark.distributed

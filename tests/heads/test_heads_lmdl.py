@@ -6,8 +6,8 @@ from torch.func import functional_call
 
 from heads_reference import lmdl_reference_step
 from unimargin import build_head
-from unimargin.heads import lmdl_kernel
-from unimargin.heads.lmdl import lmdl_fused_step, lmdl_terms_dense
+from unimargin._native import lmdl_kernel
+from unimargin.heads.lmdl import lmdl_fused_step, lmdl_terms
 
 # (labels per step): first-seen classes, absent classes, a single-sample class, a repeat
 STEPS = [
@@ -151,8 +151,8 @@ def test_terms_same_with_and_without_batch_logits_shortcut():
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_dense_and_sparse_paths_agree_over_steps(aggregation, bias):
-    # the head picks the dense (all-K, masked) path for small K; force both on one model
-    import unimargin.heads.lmdl as lmdl_mod
+    # the head dispatches to the fused step for small K and to THE formula otherwise: force both
+    import unimargin.heads.lmdl.head as lmdl_mod
 
     K, d = 7, 8
     heads = {}
@@ -173,13 +173,13 @@ def test_dense_and_sparse_paths_agree_over_steps(aggregation, bias):
             f = 0.1 * f + 3 * heads["dense"].weight.detach()[y]
         results = {}
         for name, head in heads.items():
-            old = lmdl_mod.DENSE_MAX_K
-            lmdl_mod.DENSE_MAX_K = K if name == "dense" else 0
+            old = lmdl_mod.FUSED_MAX_K
+            lmdl_mod.FUSED_MAX_K = K if name == "dense" else 0
             try:
                 fi = f.clone().requires_grad_()
                 out = head(fi, y)
             finally:
-                lmdl_mod.DENSE_MAX_K = old
+                lmdl_mod.FUSED_MAX_K = old
             grads = torch.autograd.grad(out.loss, [fi, *head.parameters()])
             results[name] = (out, grads)
             with torch.no_grad():
@@ -228,8 +228,8 @@ def test_fused_step_gradcheck_float64(aggregation, bias, delta_v, delta_d, backe
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_step_matches_autograd_dense_terms(aggregation, bias, backend):
-    # the fused Function (hand-derived backward) vs the autograd dense path it replaces
+def test_fused_step_matches_the_formula(aggregation, bias, backend):
+    # the fused Function (hand-derived backward) vs THE formula (terms.py) under autograd
     import torch.nn.functional as F
 
     f, W, b, y, M, seen = _fused_case(11)
@@ -238,14 +238,14 @@ def test_fused_step_matches_autograd_dense_terms(aggregation, bias, backend):
     loss, terms, new_c, present, logits = lmdl_fused_step(
         f, W, b, y, M, seen, delta_v=0.3, delta_d=4.0, momentum=0.6, aggregation=aggregation,
         compact_coef=coefs[0], margin_coef=coefs[1], reg_coef=coefs[2])
-    ref = lmdl_terms_dense(f, y, W, b, M, seen, delta_v=0.3, delta_d=4.0, momentum=0.6, aggregation=aggregation)
+    ref = lmdl_terms(f, y, W, b, M, seen, delta_v=0.3, delta_d=4.0, momentum=0.6, aggregation=aggregation)
     ce = F.cross_entropy(F.linear(f, W, b), y)
     ref_loss = ce + coefs[0] * ref.compact + coefs[1] * ref.margin + coefs[2] * ref.reg
     torch.testing.assert_close(terms, torch.stack([ce, ref.compact, ref.margin, ref.reg]).detach(),
                                rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-13)
-    assert torch.equal(present, ref.present_mask)
-    torch.testing.assert_close(new_c[present], ref.new_centroids[present], rtol=0, atol=1e-14)
+    assert torch.equal(present.nonzero().squeeze(1), ref.present)
+    torch.testing.assert_close(new_c[present], ref.new_centroids, rtol=0, atol=1e-14)
     assert torch.equal(new_c[~present], M[~present])  # absent rows: the stored centroids, untouched
     params = [f, W] + ([b] if bias else [])
     for g, rg in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref_loss, params)):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from unimargin import build_head
-from unimargin.heads import lmdl_kernel
+from unimargin._native import lmdl_kernel
 from unimargin.heads.lmdl import lmdl_fused_step
 
 

@@ -1,0 +1,124 @@
+"""The lmdl head (SPEC §2.6) and the one dispatch between its two implementations."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from unimargin import distributed as udist
+
+from ..base import HeadOutput, LinearHead, check_real, cross_entropy_mean
+from ..registry import CAREFUL, register_head
+from .fused import lmdl_fused_step
+from .terms import AGGREGATIONS, _identity, lmdl_terms
+
+# Fused single-process step for K <= FUSED_MAX_K; THE formula (terms.py) otherwise and
+# whenever the batch is split over processes.
+FUSED_MAX_K = 64
+
+
+def uses_fused_step(num_classes: int, distributed: bool) -> bool:
+    """The dispatch rule: the fused step (one autograd node, compiled kernel where it
+    applies) on one process for K <= FUSED_MAX_K; :func:`lmdl_terms` otherwise."""
+    return num_classes <= FUSED_MAX_K and not distributed
+
+
+@register_head('lmdl', recommended=CAREFUL)
+class LMDLHead(LinearHead):
+    """Loss = CE(W f + b, y) + λ (α L_compact + β L_margin + γ L_reg) (SPEC §2.6).
+
+    Hyper-parameters (DESIGN.md): ``delta_v=0.5``, ``delta_d=1.5``, ``compact_weight=1``
+    (α), ``margin_weight=1`` (β), ``reg_weight=0.001`` (γ), ``momentum=0.99`` (μ ∈ [0,1)),
+    ``disc_weight=1`` (λ), ``aggregation="max"|"mean"``, ``bias=True``. δ_d ≤ δ_v is
+    allowed (ablations) but warns: the guaranteed feature margin δ_d − δ_v is then ≤ 0.
+
+    Buffers ``centroids`` (K×d, init 0) and ``seen`` (K, bool) are persistent and updated
+    only in training mode (M_c ← m_c for the classes of the batch). In eval mode the loss
+    uses the stored centroids of seen classes but the buffers never change.
+
+    Dispatch (:func:`uses_fused_step`): single process with K ≤ ``FUSED_MAX_K``, the whole
+    step (logits, CE and the three terms) is one autograd node, :class:`LMDLFusedStep`, with
+    a hand-derived backward; otherwise THE formula, :func:`lmdl_terms`, under autograd.
+
+    Distributed (training mode, torch.distributed initialised): class sums, counts and
+    hinge sums are all-reduced with a differentiable all-reduce, so the discriminative
+    terms and the buffers are identical on every process and equal to one process on the
+    concatenated batch; CE stays a local mean, so with equal per-process batch sizes the
+    DDP-averaged gradient equals the single-process gradient. A process whose local batch
+    is empty still joins the collectives. Eval-mode forward does no collectives (local
+    batch statistics), so it may be called on one process only.
+    """
+
+
+    def __init__(self, num_classes: int, feat_dim: int, delta_v: float = 0.5, delta_d: float = 1.5,
+                 compact_weight: float = 1.0, margin_weight: float = 1.0, reg_weight: float = 0.001,
+                 momentum: float = 0.99, disc_weight: float = 1.0, aggregation: str = "max",
+                 bias: bool = True):
+        super().__init__(num_classes, feat_dim, bias=bias)
+        self.delta_v = check_real("delta_v", delta_v, low=0.0)
+        self.delta_d = check_real("delta_d", delta_d, low=0.0)
+        if self.delta_d <= self.delta_v:
+            warnings.warn(
+                f"lmdl: delta_d={self.delta_d} <= delta_v={self.delta_v}; the feature-space margin "
+                "delta_d - delta_v guaranteed by SPEC §2.6 is not positive",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.compact_weight = check_real("compact_weight", compact_weight, low=0.0)
+        self.margin_weight = check_real("margin_weight", margin_weight, low=0.0)
+        self.reg_weight = check_real("reg_weight", reg_weight, low=0.0)
+        self.momentum = check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.disc_weight = check_real("disc_weight", disc_weight, low=0.0)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"hyper-parameter 'aggregation' must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+        self.aggregation = aggregation
+        self.register_buffer("centroids", torch.zeros(self.num_classes, self.feat_dim))
+        self.register_buffer("seen", torch.zeros(self.num_classes, dtype=torch.bool))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.centroids.zero_()
+        self.seen.zero_()
+
+    def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:
+        names = ("ce", "compact", "margin", "reg")
+        sync = self.training and udist.is_distributed()
+        if features.shape[0] == 0 and not sync:
+            return self._zero_output(features, names)
+        if uses_fused_step(self.num_classes, sync):  # one autograd node for the whole step (the K ≲ 64 cost is per-op overhead)
+            lam = self.disc_weight
+            loss, terms, new_centroids, present_mask, logits = lmdl_fused_step(
+                features, self.weight, self.bias, labels, self.centroids, self.seen, delta_v=self.delta_v,
+                delta_d=self.delta_d, momentum=self.momentum, aggregation=self.aggregation,
+                compact_coef=lam * self.compact_weight, margin_coef=lam * self.margin_weight,
+                reg_coef=lam * self.reg_weight)
+            if self.training:
+                with torch.no_grad():  # absent classes' rows of new_centroids are the old M_c
+                    self.centroids.copy_(new_centroids)
+                    self.seen.logical_or_(present_mask)
+            return HeadOutput(loss, logits, dict(zip(names, terms.unbind())))
+        logits = self._raw_scores(features)
+        ce = cross_entropy_mean(logits, labels)
+        reduce = (lambda t: udist.all_reduce_sum(t, differentiable=True)) if sync else _identity
+        hp = dict(delta_v=self.delta_v, delta_d=self.delta_d, momentum=self.momentum,
+                  aggregation=self.aggregation, reduce=reduce)
+        args = (features, labels, self.weight, self.bias, self.centroids, self.seen)
+        terms = lmdl_terms(*args, **hp, logits=logits)
+        # one stack + dot instead of five scalar autograd nodes (λα, λβ, λγ folded)
+        coef = logits.new_tensor([1.0, self.disc_weight * self.compact_weight,
+                                  self.disc_weight * self.margin_weight, self.disc_weight * self.reg_weight])
+        loss = torch.stack([ce, terms.compact, terms.margin, terms.reg]).dot(coef)
+        if self.training:
+            with torch.no_grad():
+                new = terms.new_centroids.to(self.centroids.dtype)
+                self.centroids.index_copy_(0, terms.present, new)
+                self.seen.index_fill_(0, terms.present, True)
+        parts = {"ce": ce, "compact": terms.compact, "margin": terms.margin, "reg": terms.reg}
+        return HeadOutput(loss, logits, {k: v.detach() for k, v in parts.items()})
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, delta_v={self.delta_v}, delta_d={self.delta_d}, "
+                f"momentum={self.momentum}, aggregation={self.aggregation!r}")

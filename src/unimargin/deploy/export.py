@@ -20,9 +20,12 @@ the graph, unimargin version, head); ``.pt2`` files carry the same dict as the e
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -168,30 +171,43 @@ def export_run(run_dir, format: str = "onnx", out=None, threshold: float | None 
                                                       cache)
     graph = InferenceGraph(run.model, run.head, rejection, t, means).eval()
     meta = build_metadata(run, t, source, rejection)
-    example = cache["splits"][2][:2]
+    with warnings.catch_warnings():
+        # torch.export's own deprecation notices (pytree internals), not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        data = _graph_bytes(graph, format, cache["splits"], meta)
+    atomic_write_bytes(data, out)
+    return {**meta, "path": out, "format": format}
+
+
+def _graph_bytes(graph: nn.Module, format: str, splits, meta: dict) -> bytes:
+    example = splits[2][:2]
     if example.shape[0] < 2:
-        example = cache["splits"][0][:2]
+        example = splits[0][:2]
     # batch ≥ 2 in the example so the exporter does not specialise the dimension to 1
     dynamic = {"x": {0: torch.export.Dim("batch")}}
     if format == "onnx":
-        data = _onnx_bytes(graph, example, dynamic, meta)
-    else:
-        with torch.no_grad():
-            program = torch.export.export(graph, (example,), dynamic_shapes=dynamic)
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(meta)})
-        data = buffer.getvalue()
-    atomic_write_bytes(data, out)
-    return {**meta, "path": out, "format": format}
+        return _onnx_bytes(graph, example, dynamic, meta)
+    with torch.no_grad():
+        program = torch.export.export(graph, (example,), dynamic_shapes=dynamic)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(meta)})
+    return buffer.getvalue()
 
 
 def _onnx_bytes(graph: nn.Module, example: torch.Tensor, dynamic: dict, meta: dict) -> bytes:
     import onnx  # the `export` extra (checker; torch.onnx needs onnxscript)
 
-    with torch.no_grad():
-        program = torch.onnx.export(graph, (example,), input_names=["x"],
-                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic,
-                                    dynamo=True, verbose=False)
+    # the exporter logs warnings about optional torchvision ops that do not concern us
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(graph, (example,), input_names=["x"],
+                                        output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic,
+                                        dynamo=True, verbose=False)
+    finally:
+        logger.setLevel(level)
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in meta.items():

@@ -5,7 +5,7 @@
 >>> ds = load_dataset("fashion-mnist", unknown_classes=["Bag", "Ankle boot"])  # open set
 >>> ds = load_dataset("digits", val_fraction=0.1, val_seed=0)  # + a validation split
 
-Datasets: mnist1d, fashion-mnist, digits, cifar10, cifar100, folder, npz (docs/data.md);
+Datasets: mnist1d, fashion-mnist, digits, cifar10, cifar100, folder, npz, csv (docs/data.md);
 ``register_dataset`` adds one (with its default model, augmentation and layout).
 """
 
@@ -32,6 +32,7 @@ from . import digits as _digits  # noqa: E402,F401
 from . import cifar as _cifar  # noqa: E402,F401
 from . import folder as _folder  # noqa: E402,F401
 from . import npz as _npz  # noqa: E402,F401
+from . import csvfile as _csvfile  # noqa: E402,F401
 
 __all__ = [
     "LAYOUTS",

@@ -63,7 +63,7 @@ def test_eval_mode_is_deterministic_per_sample():
 
 
 def test_unknown_model_lists_valid():
-    with pytest.raises(ValueError, match="unknown model 'vgg'.*cnn, cnn1d, mlp, resnet18"):
+    with pytest.raises(ValueError, match="unknown model 'vgg'.*cnn, cnn1d, mlp, resnet18, or 'package.module:factory'"):
         build_model("vgg", (3, 32, 32), 8)
 
 
@@ -101,3 +101,78 @@ def test_no_backbone_attribute_named_features(name, in_shape):
     model = _model(name, in_shape)
     assert not any(n.split(".")[-1] == "features" for n, _ in model.named_modules())
     assert not hasattr(model, "features")
+
+
+# ------------------------------------------------------------------ own backbones (issue 12)
+FACTORIES = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, in_shape, feat_dim):
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(in_shape).prod()), feat_dim)
+        self.bn = nn.BatchNorm1d(feat_dim)
+
+    def forward(self, x):
+        return self.bn(self.fc(x.flatten(1)))
+
+def build(in_shape, feat_dim):
+    return Net(in_shape, feat_dim)
+
+def wrong_dim(in_shape, feat_dim):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(feat_dim + 1))
+
+def not_a_module(in_shape, feat_dim):
+    return "resnet"
+
+def crashes(in_shape, feat_dim):
+    raise RuntimeError("boom")
+
+def bad_forward(in_shape, feat_dim):
+    return nn.Linear(3, feat_dim)
+
+class Zoo:
+    small = staticmethod(build)
+
+answer = 42
+"""
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    (tmp_path / "my_backbones.py").write_text(FACTORIES)
+    (tmp_path / "broken_backbones.py").write_text("import does_not_exist_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_backbones"
+
+
+def test_entry_point_builds_and_is_left_in_training_mode(factories):
+    from unimargin.models import check_model_name
+
+    torch.manual_seed(0)
+    model = build_model(f"{factories}:build", (1, 4, 5), 6)
+    assert model.training and model(torch.randn(3, 1, 4, 5)).shape == (3, 6)
+    assert int(model.bn.num_batches_tracked) == 1  # the dummy check batch did not update BatchNorm
+    assert build_model(f"{factories}:Zoo.small", [7], 2)(torch.randn(2, 7)).shape == (2, 2)
+    assert check_model_name(f"{factories}:build") == f"{factories}:build" and check_model_name("mlp") == "mlp"
+
+
+@pytest.mark.parametrize(
+    "target,match",
+    [
+        ("no_such_module_xyz:build", r"cannot import module 'no_such_module_xyz' \(ModuleNotFoundError"),
+        ("broken_backbones:build", r"cannot import module 'broken_backbones' \(ModuleNotFoundError.*does_not_exist"),
+        ("{m}:missing", r"module 'my_backbones' has no attribute 'missing'"),
+        ("{m}:answer", r"'answer' is not callable"),
+        ("{m}:wrong_dim", r"gave output \(2, 7\); expected features of shape \(2, 6\)"),
+        ("{m}:not_a_module", r"the factory returned str, expected a torch.nn.Module"),
+        ("{m}:crashes", r"factory\(\(1, 4, 5\), 6\) failed \(RuntimeError: boom\)"),
+        ("{m}:bad_forward", r"forward of a dummy batch of shape \(2, 1, 4, 5\) failed"),
+        (":build", r"must read 'package.module:factory'"),
+        ("{m}:", r"must read 'package.module:factory'"),
+    ],
+)
+def test_entry_point_errors_are_clear(factories, target, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(target.format(m=factories), (1, 4, 5), 6)

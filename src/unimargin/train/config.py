@@ -47,6 +47,36 @@ class TrainConfig:
     limit_test: int | None = None
     normalize_input: bool = True  # standardise with training-set channel statistics
     augment: bool | None = None  # None = the dataset's default augmentation
+    # data: reading options (None = the dataset's default; load_dataset refuses an option the
+    # chosen dataset does not take, see unimargin.data.dataset_info(name).options)
+    label_column: str | None = field(default=None, metadata={
+        "help": "csv: name of the label column (default: the last column)",
+        "choices": None, "group": "data", "cli": True})
+    test_data: str | None = field(default=None, metadata={
+        "help": "csv: a second CSV file with the same columns used as the test split",
+        "choices": None, "group": "data", "cli": True})
+    image_size: str | None = field(default=None, metadata={
+        "help": "folder: resize images to H or H,W pixels (default: all images must share one size)",
+        "choices": None, "group": "data", "cli": True})
+    channels: int | None = field(default=None, metadata={
+        "help": "folder: 1 (grayscale) or 3 (RGB); default: 1 when every image is grayscale",
+        "choices": (1, 3), "group": "data", "cli": True})
+    test_fraction: float | None = field(default=None, metadata={
+        "help": "digits/folder/npz/csv without a test split of their own: stratified test fraction "
+                "(default 0.2, digits 0.25)",
+        "choices": None, "group": "data", "cli": True})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "fraction of the training data held out (stratified, seeded by --seed) as the "
+                "validation split, unless the dataset has its own (SPEC 3.9)",
+        "choices": None, "group": "data", "cli": True})
+    # data conditions, training split only (issue 15; unimargin.data.conditions)
+    imbalance: float | None = field(default=None, metadata={
+        "help": "long-tailed training set: class c keeps n*RHO^(c/(K-1)) samples (0 < RHO <= 1)",
+        "choices": None, "group": "data", "cli": True})
+    label_noise: float | None = field(default=None, metadata={
+        "help": "symmetric label noise: each training label becomes a uniformly drawn other "
+                "class with probability P",
+        "choices": None, "group": "data", "cli": True})
     # model
     model: str | None = None  # None = unimargin.models.default_model(dataset)
     feat_dim: int = 64

@@ -5,6 +5,7 @@ trains with default options; NAME=VALUE parsing agrees between flags and YAML (i
 import json
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -37,6 +38,18 @@ def toy_blobs(n_per_class: int = 40) -> DatasetSplits:
     x = centres[y] + torch.randn(len(y), 5, generator=g)
     test = torch.arange(len(y)) % 4 == 0
     return DatasetSplits(x[~test], y[~test], x[test], y[test], ["a", "b", "c"], name="toy-plugin-blobs")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _unregister_plugins_afterwards():
+    # The registries are process-global: leave them as the other test modules expect.
+    yield
+    from unimargin.data import registry as data_registry
+    from unimargin.heads import registry as head_registry
+
+    data_registry._REGISTRY.pop("toy-plugin-blobs", None)
+    head_registry._HEADS.pop("toy-plugin-head", None)
+    head_registry._RECOMMENDED.pop("toy-plugin-head", None)
 
 
 TINY = ["--seeds", "1", "--epochs", "1", "--batch-size", "32", "--feat-dim", "8"]

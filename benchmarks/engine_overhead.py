@@ -31,7 +31,7 @@ from unimargin.data import load_dataset
 from unimargin.data.transforms import channel_stats
 from unimargin.models import build_model
 from unimargin.train import TrainConfig, train
-from unimargin.train.engine import UnimarginNet
+from unimargin.train.net import UnimarginNet
 from unimargin.train.optim import build_optimizer, parameter_groups
 from unimargin.train.seeding import epoch_generator
 

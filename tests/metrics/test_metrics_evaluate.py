@@ -7,7 +7,7 @@ from torch import nn
 from unimargin import build_head
 from unimargin.metrics.evaluate import compute_outputs, evaluate_outputs
 from unimargin.metrics.keys import higher_is_better
-from unimargin.train.engine import UnimarginNet
+from unimargin.train.net import UnimarginNet
 
 
 def _brute_uni_at(scores, labels, t):

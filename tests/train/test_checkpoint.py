@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from unimargin.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from unimargin.io import atomic_write_bytes
+from unimargin.train.checkpoint import load_checkpoint, save_checkpoint
 from unimargin.train.seeding import (capture_rng_state, epoch_generator, restore_rng_state,
                                      seed_everything)
 
@@ -47,13 +48,14 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
 
 
 _SAVER = r"""
-import os, sys, torch
+import sys, time, torch
 from unimargin.train.checkpoint import save_checkpoint
 path = sys.argv[1]
 save_checkpoint({"model": {"w": torch.full((1000,), 1.0)}, "epoch": 1, "config": {}, "history": []}, path)
 print("first", flush=True)
-os.environ["UNIMARGIN_TEST_SLOW_SAVE"] = "60"  # sleep between writing the temp file and the rename
-save_checkpoint({"model": {"w": torch.full((1000,), 2.0)}, "epoch": 2, "config": {}, "history": []}, path)
+# sleep between writing the temp file and the rename: the test kills the process there
+save_checkpoint({"model": {"w": torch.full((1000,), 2.0)}, "epoch": 2, "config": {}, "history": []}, path,
+                before_replace=lambda tmp: time.sleep(60))
 print("second", flush=True)
 """
 

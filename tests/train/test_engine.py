@@ -12,7 +12,7 @@ import torch
 from unimargin.heads import HeadOutput
 from unimargin.train import (TrainConfig, compute_outputs, evaluate_outputs, load_run,
                              load_splits, train)
-from unimargin.train.engine import Diverged, _loss_guard
+from unimargin.train.guards import Diverged, check_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SMALL = dict(dataset="mnist1d", limit_train=384, limit_test=200, batch_size=64, feat_dim=16,
@@ -76,11 +76,19 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     # also checks that the RNG state is saved and restored.
     common = dict(SMALL, head="bce-u", head_params={"neg_rate": 0.5}, epochs=3)
     ref_out, killed_out = str(tmp_path / "ref"), str(tmp_path / "killed")
-    cli = [sys.executable, "-m", "unimargin.cli", "train", "--dataset", "mnist1d", "--head", "bce-u",
-           "--head-param", "neg_rate=0.5", "--epochs", "3", "--limit-train", "384",
-           "--limit-test", "200", "--batch-size", "64", "--feat-dim", "16", "--quiet",
-           "--num-threads", "1", "--out", killed_out]
-    env = dict(os.environ, UNIMARGIN_TEST_KILL_AFTER_EPOCH="2")
+    # The killed run is the same config trained in a subprocess whose callback SIGKILLs it
+    # right after the checkpoint of epoch 2 is written.
+    script = (
+        "import os, signal, sys\n"
+        "from unimargin.train import TrainCallback, TrainConfig, train\n"
+        "class Kill(TrainCallback):\n"
+        "    def on_epoch_end(self, epoch, record):\n"
+        "        if epoch == 2:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"train(TrainConfig(out=sys.argv[1], **{common!r}), callbacks=[Kill()])\n"
+    )
+    cli = [sys.executable, "-c", script, killed_out]
+    env = dict(os.environ)
     proc = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     assert [r["epoch"] for r in _lines(os.path.join(killed_out, "metrics.jsonl"))] == [1, 2]
@@ -136,11 +144,11 @@ def test_loss_guard_names_the_non_finite_term():
     out = HeadOutput(torch.tensor(float("nan")), torch.zeros(2, 3),
                      {"ce": torch.tensor(1.0), "margin": torch.tensor(float("inf"))})
     with pytest.raises(Diverged, match=r"epoch 4, step 7: the loss is not finite \(term: margin\)"):
-        _loss_guard(cfg, out, 4, 7)
+        check_step(out, 4, 7, cfg.max_score)
     big = HeadOutput(torch.tensor(1.0), torch.full((2, 3), 1e9), {})
     with pytest.raises(Diverged, match="max_score"):
-        _loss_guard(cfg, big, 1, 1)
-    _loss_guard(cfg, HeadOutput(torch.tensor(1.0), torch.zeros(2, 3), {}), 1, 1)  # healthy
+        check_step(big, 1, 1, cfg.max_score)
+    check_step(HeadOutput(torch.tensor(1.0), torch.zeros(2, 3), {}), 1, 1, cfg.max_score)  # healthy
 
 
 def test_bf16_backbone_keeps_head_in_float32(tmp_path):
@@ -148,7 +156,7 @@ def test_bf16_backbone_keeps_head_in_float32(tmp_path):
     assert summary["status"] == "completed"
     run = load_run(tmp_path / "r")
     assert all(p.dtype == torch.float32 for p in run.model.parameters())
-    assert run.model.features(torch.zeros(2, 1, 40)).dtype == torch.float32
+    assert run.model(torch.zeros(2, 1, 40)).dtype == torch.float32
 
 
 @pytest.mark.distributed

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from unimargin import build_head
-from unimargin.train.engine import UnimarginNet
+from unimargin.train.net import UnimarginNet
 from unimargin.train.optim import build_optimizer, build_scheduler, parameter_groups
 
 

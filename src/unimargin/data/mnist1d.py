@@ -11,9 +11,9 @@ generation. Output: x (N, 1, 40) float32 (the package's globally standardised si
 
 from __future__ import annotations
 
+import io
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from ..cache import default_cache_dir
+from unimargin.io import atomic_write_bytes
+
 from .registry import DatasetSplits, register_dataset
 
 CACHE_VERSION = 1
@@ -63,18 +65,14 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
-    """Atomic write (temp file + rename) so a crash never leaves a half-written cache."""
-    tmp = None
+    """Atomic write (unimargin.io) so a crash never leaves a half-written cache and concurrent
+    ranks/processes each rename a complete file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **data)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **data)
-        os.replace(tmp, path)  # atomic: concurrent ranks/processes each rename a complete file
+        atomic_write_bytes(buffer.getvalue(), path)
     except OSError as exc:  # read-only home etc.: still usable, just not cached
         warnings.warn(f"could not write MNIST-1D cache {path}: {exc}", stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @register_dataset("mnist1d", default_model="cnn1d", layout="signal")

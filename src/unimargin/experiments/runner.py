@@ -518,7 +518,7 @@ def _metrics_text(row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- records
 def _atomic_write_json(obj: Any, path: Path) -> None:
     # TODO(C1): unimargin.io.atomic_write_json once io.py lands (the one atomic-write helper).
-    from unimargin.train.checkpoint import atomic_write_bytes
+    from unimargin.io import atomic_write_bytes
 
     atomic_write_bytes((json.dumps(obj, indent=1, default=str) + "\n").encode("utf-8"), path)
 

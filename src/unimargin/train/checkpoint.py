@@ -1,92 +1,31 @@
-"""Atomic checkpoint files.
-
-A checkpoint is written to a temporary file in the *same directory*, flushed and fsync'ed,
-then moved over the old file with ``os.replace`` (atomic on POSIX and Windows) and the
-directory entry is fsync'ed. A crash or SIGKILL at any moment therefore leaves either the
-previous complete checkpoint or the new complete one, never a truncated file.
-"""
+"""Checkpoint files: ``torch.save`` payloads written atomically by :mod:`unimargin.io`
+(a crash or SIGKILL at any moment leaves the previous complete checkpoint or the new one)
+and loaded with ``weights_only=True``."""
 
 from __future__ import annotations
 
-import glob
 import io
 import os
-import tempfile
-import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+from unimargin.io import atomic_write_bytes, remove_stale_temp_files
 
 CHECKPOINT_FORMAT = "unimargin-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model", "epoch", "config", "history")
 
-# Test hook: seconds to sleep after the temp file is written and before it is renamed,
-# so tests can SIGKILL a process in the middle of a save. Never set in normal use.
-_SLOW_SAVE_ENV = "UNIMARGIN_TEST_SLOW_SAVE"
 
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir + fsync + replace)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            delay = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
-            if delay > 0:
-                time.sleep(delay)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def remove_stale_temp_files(path: str | os.PathLike) -> None:
-    """Delete temp files a killed save of ``path`` may have left behind."""
-    path = os.fspath(path)
-    pattern = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           "." + os.path.basename(path) + ".*.tmp")
-    for stale in glob.glob(pattern):
-        try:
-            os.unlink(stale)
-        except OSError:
-            pass
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Serialise ``state`` (plus format tag) with ``torch.save`` and write it atomically."""
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike,
+                    before_replace: Callable[[str], None] | None = None) -> None:
+    """Serialise ``state`` (plus format tag) with ``torch.save`` and write it atomically
+    (``before_replace``: see :func:`unimargin.io.atomic_write_bytes`)."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     remove_stale_temp_files(path)
-    atomic_write_bytes(buffer.getvalue(), path)
+    atomic_write_bytes(buffer.getvalue(), path, before_replace)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``data`` as YAML atomically (temp file + rename)."""
     import yaml
 
-    from .checkpoint import atomic_write_bytes
+    from unimargin.io import atomic_write_bytes
 
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     atomic_write_bytes(text.encode("utf-8"), path)

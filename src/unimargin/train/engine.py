@@ -13,168 +13,49 @@ from the checkpoint of epoch k therefore ends bitwise identical to the uninterru
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import shutil
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from unimargin import distributed as udist
-
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from .config import IDENTITY_FIELDS, TrainConfig, resolve_config, save_yaml
+from unimargin.io import atomic_write_json, atomic_write_jsonl
 from unimargin.metrics.evaluate import compute_outputs, evaluate_outputs
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import IDENTITY_FIELDS, TrainConfig, resolve_config, save_yaml
+from .guards import Diverged, check_eval_outputs, check_step, non_finite_state
+from .net import build_net
 from .optim import build_optimizer, build_scheduler, parameter_groups
+from .run_dir import (CHECKPOINT_DIR, LAST_CHECKPOINT, LoadedRun, append_jsonl, check_out_dir,
+                      clear_run_files)
 from .seeding import (STREAM_AUGMENT, capture_rng_state, epoch_generator, restore_rng_state,
                       seed_everything)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.pt"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT_DIR)
 
-# Test hook: SIGKILL this process right after the checkpoint of this epoch is written.
-_KILL_AFTER_EPOCH_ENV = "UNIMARGIN_TEST_KILL_AFTER_EPOCH"
-
-
-class Diverged(Exception):
-    """Raised inside the loop when training diverged; carries where and why."""
-
-    def __init__(self, message: str, *, epoch: int, step: int | None, term: str):
-        super().__init__(message)
-        self.epoch, self.step, self.term = epoch, step, term
-
-
-# --------------------------------------------------------------------------- the module
-class UnimarginNet(nn.Module):
-    """Input standardisation + backbone + head as one module.
-
-    ``forward(x)`` returns features; ``forward(x, labels)`` returns
-    ``(features, HeadOutput)`` — or ``(features, None)`` when the divergence guard found
-    non-finite or exploding features (checked *before* the head, whose input validation
-    would otherwise raise, and agreed on by all processes so none hangs in a collective).
-    With ``bf16=True`` the backbone runs under bfloat16 autocast; features are cast back
-    to float32 and the head's loss maths runs in float32 (the head disables autocast).
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module, mean: torch.Tensor | None = None,
-                 std: torch.Tensor | None = None, bf16: bool = False,
-                 max_feature_norm: float = math.inf):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.register_buffer("input_mean", None if mean is None else mean.clone().float())
-        self.register_buffer("input_std", None if std is None else std.clone().float())
-        self.bf16 = bool(bf16)
-        self.max_feature_norm = float(max_feature_norm)
-        self.last_feature_norm = 0.0
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_mean is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - self.input_mean.view(shape)) / self.input_std.view(shape)
-        if self.bf16:
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                f = self.backbone(x)
-        else:
-            f = self.backbone(x)
-        return f.float()
-
-    def feature_guard(self, f: torch.Tensor) -> bool:
-        """True when every process's features are finite and within max_feature_norm."""
-        with torch.no_grad():
-            if f.numel():
-                norm = torch.linalg.vector_norm(f.detach(), dim=1).max()
-            else:
-                norm = torch.zeros((), device=f.device)
-            norm = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, math.inf))
-            if udist.is_distributed():
-                dist.all_reduce(norm, op=dist.ReduceOp.MAX)
-            self.last_feature_norm = float(norm)
-        return self.last_feature_norm <= self.max_feature_norm
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
-        f = self.features(x)
-        if labels is None:
-            return f
-        if not self.feature_guard(f):
-            return f, None
-        return f, self.head(f, labels)
-
-
-def build_net(cfg: TrainConfig, in_shape, num_classes: int, mean=None, std=None,
-              build_backbone: Callable | None = None) -> UnimarginNet:
-    """Backbone (``unimargin.models.build_model`` or ``build_backbone(in_shape, feat_dim)``)
-    + head (``unimargin.heads.build_head``) for a resolved config."""
-    from unimargin.heads import build_head
-
-    if build_backbone is None:
-        from unimargin.models import build_model
-
-        backbone = build_model(cfg.model, tuple(in_shape), cfg.feat_dim)
-    else:
-        backbone = build_backbone(tuple(in_shape), cfg.feat_dim)
-    head = build_head(cfg.head, num_classes, cfg.feat_dim, **cfg.head_params)
-    return UnimarginNet(backbone, head, mean, std, bf16=cfg.bf16,
-                        max_feature_norm=cfg.max_feature_norm)
-
-
-# --------------------------------------------------------------------------- run state
-@dataclass
-class LoadedRun:
-    """A trained run loaded by :func:`load_run`: ``model`` is the UnimarginNet (eval mode;
-    ``model(x)`` gives features of raw inputs), ``head`` is ``model.head``."""
-
-    model: UnimarginNet
-    head: nn.Module
-    config: TrainConfig
-    epoch: int
-    history: list
-    classes: list = field(default_factory=list)
-    path: str = ""
-    in_shape: tuple = ()
-
-
-def _checkpoint_path(path: str) -> str:
-    if os.path.isdir(path):
-        return os.path.join(path, CHECKPOINT_DIR, LAST_CHECKPOINT)
-    return path
-
-
-def load_run(path: str | os.PathLike, build_backbone: Callable | None = None) -> LoadedRun:
-    """Load a run directory (its ``checkpoints/last.pt``) or a checkpoint file.
-
-    Raises ValueError naming the file when it is missing, corrupt or inconsistent.
-    """
-    ckpt_path = _checkpoint_path(os.fspath(path))
-    ckpt = load_checkpoint(ckpt_path)
-    try:
-        cfg = TrainConfig.from_dict(ckpt["config"], source=f"checkpoint {ckpt_path!r}")
-        info = ckpt["data"]
-        net = build_net(cfg, info["in_shape"], int(info["num_classes"]),
-                        mean=ckpt["model"].get("input_mean"), std=ckpt["model"].get("input_std"),
-                        build_backbone=build_backbone)
-        net.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"checkpoint {ckpt_path!r} does not match its own config: {exc}") from exc
-    net.eval()
-    return LoadedRun(model=net, head=net.head, config=cfg, epoch=int(ckpt["epoch"]),
-                     history=list(ckpt["history"]), classes=list(info.get("classes", [])),
-                     path=ckpt_path, in_shape=tuple(info["in_shape"]))
+# Data-group fields of TrainConfig that are not reading options of load_dataset (the engine
+# applies them itself).
+_ENGINE_DATA_FIELDS = {"dataset", "limit_train", "limit_test", "normalize_input", "augment",
+                       "imbalance", "label_noise"}
 
 
 def load_splits(cfg: TrainConfig):
-    """The dataset of a resolved config, with ``limit_train`` / ``limit_test`` applied."""
+    """The dataset of a resolved config: every data option of the config is passed to
+    :func:`unimargin.data.load_dataset` (unset ones as None = the dataset's default), the
+    validation split is carved out of the training data with the run seed (SPEC §3.9; the
+    same split for every head of a seed), then ``limit_train`` / ``limit_test`` apply."""
     from unimargin.data import load_dataset
 
-    options = {"data_dir": cfg.data_dir, "unknown_classes": cfg.unknown_classes}
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+               if f.metadata.get("group") == "data" and f.name not in _ENGINE_DATA_FIELDS}
+    options["data_dir"] = cfg.data_dir
+    options["unknown_classes"] = cfg.unknown_classes
+    options["val_seed"] = cfg.seed
     splits = load_dataset(cfg.dataset, **options)
     if cfg.limit_train is not None:
         splits.x_train, splits.y_train = splits.x_train[:cfg.limit_train], splits.y_train[:cfg.limit_train]
@@ -217,51 +98,6 @@ def _device(pref: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _check_out_dir(cfg: TrainConfig) -> None:
-    """Refuse to write into a directory holding another run (unless resume/overwrite)."""
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise ValueError(f"out: {cfg.out!r} exists and is not a directory")
-    if not os.path.isdir(cfg.out) or cfg.resume or cfg.overwrite:
-        return
-    present = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out, f))]
-    if present:
-        raise ValueError(f"output directory {cfg.out!r} already holds a run ({', '.join(present)}); "
-                         f"use --resume to continue it or --overwrite to replace it")
-
-
-def _clear_run_files(out: str) -> None:
-    for name in RUN_FILES:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.unlink(path)
-
-
-def _write_jsonl(records: list[dict], path: str) -> None:
-    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
-    atomic_write_bytes(text.encode("utf-8"), path)
-
-
-def _append_jsonl(record: dict, path: str) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _write_json(data: dict, path: str) -> None:
-    atomic_write_bytes((json.dumps(data, indent=2) + "\n").encode("utf-8"), path)
-
-
-def _state_is_finite(module: nn.Module) -> str | None:
-    """Name of the first parameter/buffer holding NaN/Inf, or None."""
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return name
-    return None
-
-
 def _broadcast_buffers(module: nn.Module) -> None:
     """Make every process hold rank 0's buffers (BN running stats drift per process
     between DDP's per-forward broadcasts), so evaluation and checkpoints agree."""
@@ -289,7 +125,25 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, path: str) -> None:
 
 
 # --------------------------------------------------------------------------- training
-def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
+class TrainCallback:
+    """Hooks into :func:`train` (subclass and override what you need; all default to no-op).
+
+    - ``on_epoch_end(epoch, record)``: after the epoch's checkpoint and metrics line are
+      written (rank 0), with the epoch's record as in ``metrics.jsonl``.
+    - ``before_checkpoint_replace(path, tmp_path)``: the new checkpoint is complete in
+      ``tmp_path`` and about to replace ``path`` (tests kill the process here to check that
+      a save is atomic).
+    """
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        pass
+
+    def before_checkpoint_replace(self, path: str, tmp_path: str) -> None:
+        pass
+
+
+def train(cfg: TrainConfig, build_backbone: Callable | None = None,
+          callbacks: Sequence[TrainCallback] = ()) -> dict:
     """Train ``cfg.head`` on ``cfg.dataset`` and write the run directory ``cfg.out``.
 
     Returns the summary dict (also written as ``summary.json``): status ("completed" |
@@ -300,6 +154,7 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
 
     ``build_backbone(in_shape, feat_dim) -> nn.Module`` replaces the model registry (for
     library users with their own backbone; ``load_run`` then needs the same callable).
+    ``callbacks``: :class:`TrainCallback` objects.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -310,7 +165,7 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None) -> dict:
     _init_distributed(cfg.device)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, build_backbone)
+        return _train(cfg, build_backbone, tuple(callbacks))
     finally:
         torch.set_num_threads(threads)
 
@@ -321,14 +176,14 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, build_backbone) -> dict:
+def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
     t_start = time.perf_counter()
     main = udist.is_main_process()
     world = udist.world_size()
     log = _Log(main and not cfg.quiet)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    _check_out_dir(cfg)
+    check_out_dir(cfg)
     device = _device(cfg.device)
     if cfg.sync_bn and world > 1 and device.type != "cuda":
         raise ValueError("sync_bn: SyncBatchNorm needs CUDA devices; on CPU each process "
@@ -347,9 +202,10 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
         raise ValueError(f"dataset {cfg.dataset!r}: the training split is empty")
     mean = std = None
     if cfg.normalize_input:
-        from unimargin.data.transforms import channel_stats
+        from unimargin.data.transforms import feature_stats
 
-        mean, std = channel_stats(x_train)
+        # per feature for tabular (N, d) inputs, per channel otherwise; std 0 -> 1 (no NaN)
+        mean, std = feature_stats(x_train)
     augment = None
     if cfg.augment is not False:
         from unimargin.data.transforms import default_augmentation
@@ -392,11 +248,11 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
     if main:
         os.makedirs(os.path.join(cfg.out, CHECKPOINT_DIR), exist_ok=True)
         if cfg.overwrite:
-            _clear_run_files(cfg.out)
+            clear_run_files(cfg.out)
             os.makedirs(os.path.join(cfg.out, CHECKPOINT_DIR), exist_ok=True)
         save_yaml(resolved, os.path.join(cfg.out, "config.yaml"))
         # The checkpoint's history is authoritative: drop lines of epochs it does not hold.
-        _write_jsonl(history, os.path.join(cfg.out, "metrics.jsonl"))
+        atomic_write_jsonl(history, os.path.join(cfg.out, "metrics.jsonl"))
     if world > 1:
         dist.barrier()
 
@@ -411,7 +267,6 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
     log(f"training {cfg.head} on {cfg.dataset} ({cfg.model}, feat_dim {cfg.feat_dim}) for "
         f"{cfg.epochs} epochs: {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch_size}"
         + (f", {world} processes" if world > 1 else ""))
-    kill_after = int(os.environ.get(_KILL_AFTER_EPOCH_ENV, "0") or 0)
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
@@ -420,7 +275,7 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
                                        augment, epoch, steps_per_epoch, device, progress_on)
             t_train = time.perf_counter() - t_epoch
             _broadcast_buffers(net)
-            bad = _state_is_finite(net)
+            bad = non_finite_state(net)
             if bad is not None:
                 raise Diverged(f"parameter/buffer {bad!r} holds NaN/Inf after epoch {epoch}",
                                epoch=epoch, step=None, term=bad)
@@ -432,7 +287,7 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
                       "lr": optimizer.param_groups[0]["lr"],
                       "time_s": time.perf_counter() - t_epoch}
             if main:
-                _append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
+                append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
             log(f"DIVERGED: {message}. The last good checkpoint (epoch {epoch - 1}) is kept"
                 + (f" in {ckpt_path}" if epoch > 1 else "; none was written") + ".")
             break
@@ -458,8 +313,9 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
                 "history": history,
                 "config": resolved,
                 "data": data_info,
-            }, ckpt_path)
-            _append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
+            }, ckpt_path, before_replace=lambda tmp: [cb.before_checkpoint_replace(ckpt_path, tmp)
+                                                     for cb in callbacks])
+            append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
         if world > 1:
             dist.barrier()
         log(f"epoch {epoch}/{cfg.epochs}  loss {train_stats['loss']:.4f}  sw {test['sw']:.4f}  "
@@ -468,8 +324,8 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
                if test.get("learned_threshold") is not None and test.get("uni_at_learned") is not None
                else "")
             + f"  lr {record['lr']:.3g}  {record['time_s']:.1f}s")
-        if kill_after and epoch == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, record)
 
     summary = {
         "status": status,
@@ -483,7 +339,7 @@ def _train(cfg: TrainConfig, build_backbone) -> dict:
     if diverged_info is not None:
         summary["diverged"] = diverged_info
     if main:
-        _write_json(summary, os.path.join(cfg.out, "summary.json"))
+        atomic_write_json(summary, os.path.join(cfg.out, "summary.json"))
     if world > 1:
         dist.barrier()
     return summary
@@ -517,7 +373,7 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
                            f"max_feature_norm={cfg.max_feature_norm:g} (max norm "
                            f"{net.last_feature_norm:.4g})", epoch=epoch, step=step + 1,
                            term="features")
-        _loss_guard(cfg, out, epoch, step + 1)
+        check_step(out, epoch, step + 1, cfg.max_score)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.grad_clip is not None:
@@ -542,36 +398,9 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
             "lr": lr_at_start}
 
 
-def _loss_guard(cfg, out, epoch: int, step: int) -> None:
-    """Stop on a non-finite loss (naming the term) or exploding scores, on every process."""
-    with torch.no_grad():
-        loss_ok = torch.isfinite(out.loss.detach()).float()
-        logits = out.logits.detach()
-        smax = logits.abs().max() if logits.numel() else torch.zeros((), device=logits.device)
-        smax = torch.where(torch.isfinite(smax), smax, torch.full_like(smax, math.inf))
-        flags = torch.stack([1.0 - loss_ok, smax.float()])
-        if udist.is_distributed():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        loss_bad, smax = float(flags[0]) > 0, float(flags[1])
-    if loss_bad:
-        bad_terms = [k for k, v in out.terms.items() if not bool(torch.isfinite(v))]
-        which = ", ".join(bad_terms) if bad_terms else "loss"
-        raise Diverged(f"epoch {epoch}, step {step}: the loss is not finite (term: {which})",
-                       epoch=epoch, step=step, term=which)
-    if not smax <= cfg.max_score:
-        raise Diverged(f"epoch {epoch}, step {step}: scores exceed max_score={cfg.max_score:g} "
-                       f"(max |score| {smax:.4g})", epoch=epoch, step=step, term="scores")
-
-
 def _evaluate_epoch(cfg, net, x_test, y_test, epoch: int) -> dict:
     features, scores = compute_outputs(net, net.head, x_test, cfg.eval_batch_size, distributed=True)
-    if not (bool(torch.isfinite(features).all()) and bool(torch.isfinite(scores).all())):
-        raise Diverged(f"epoch {epoch}: test features or scores are not finite", epoch=epoch,
-                       step=None, term="test outputs")
-    fmax = float(torch.linalg.vector_norm(features, dim=1).max()) if len(features) else 0.0
-    if fmax > cfg.max_feature_norm:
-        raise Diverged(f"epoch {epoch}: test feature norm {fmax:.4g} exceeds max_feature_norm="
-                       f"{cfg.max_feature_norm:g}", epoch=epoch, step=None, term="test features")
+    check_eval_outputs(features, scores, epoch, cfg.max_feature_norm, "test")
     return evaluate_outputs(features, scores, y_test, net.head)
 
 

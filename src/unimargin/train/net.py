@@ -1,0 +1,93 @@
+"""The network wrapper: input standardisation + backbone + head as one ``nn.Module``.
+
+DistributedDataParallel wraps this one module, so head parameters (e.g. the bce-u bias)
+are synchronised like any other. ``net(x)`` returns features — the contract every
+evaluation relies on (:func:`unimargin.metrics.evaluate.compute_outputs`), the same as a
+bare backbone's — so nothing duck-types on attribute names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from unimargin import distributed as udist
+
+from .config import TrainConfig
+
+
+class UnimarginNet(nn.Module):
+    """Input standardisation + backbone + head as one module.
+
+    ``forward(x)`` returns features; ``forward(x, labels)`` returns
+    ``(features, HeadOutput)`` — or ``(features, None)`` when the divergence guard found
+    non-finite or exploding features (checked *before* the head, whose input validation
+    would otherwise raise, and agreed on by all processes so none hangs in a collective).
+    With ``bf16=True`` the backbone runs under bfloat16 autocast; features are cast back
+    to float32 and the head's loss maths runs in float32 (the head disables autocast).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None, bf16: bool = False,
+                 max_feature_norm: float = math.inf):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("input_mean", None if mean is None else mean.clone().float())
+        self.register_buffer("input_std", None if std is None else std.clone().float())
+        self.bf16 = bool(bf16)
+        self.max_feature_norm = float(max_feature_norm)
+        self.last_feature_norm = 0.0
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_mean is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            x = (x - self.input_mean.view(shape)) / self.input_std.view(shape)
+        if self.bf16:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                f = self.backbone(x)
+        else:
+            f = self.backbone(x)
+        return f.float()
+
+    def feature_guard(self, f: torch.Tensor) -> bool:
+        """True when every process's features are finite and within max_feature_norm."""
+        with torch.no_grad():
+            if f.numel():
+                norm = torch.linalg.vector_norm(f.detach(), dim=1).max()
+            else:
+                norm = torch.zeros((), device=f.device)
+            norm = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, math.inf))
+            if udist.is_distributed():
+                dist.all_reduce(norm, op=dist.ReduceOp.MAX)
+            self.last_feature_norm = float(norm)
+        return self.last_feature_norm <= self.max_feature_norm
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        f = self.embed(x)
+        if labels is None:
+            return f
+        if not self.feature_guard(f):
+            return f, None
+        return f, self.head(f, labels)
+
+
+def build_net(cfg: TrainConfig, in_shape, num_classes: int, mean=None, std=None,
+              build_backbone: Callable | None = None) -> UnimarginNet:
+    """Backbone (``unimargin.models.build_model`` or ``build_backbone(in_shape, feat_dim)``)
+    + head (``unimargin.heads.build_head``) for a resolved config."""
+    from unimargin.heads import build_head
+
+    if build_backbone is None:
+        from unimargin.models import build_model
+
+        backbone = build_model(cfg.model, tuple(in_shape), cfg.feat_dim)
+    else:
+        backbone = build_backbone(tuple(in_shape), cfg.feat_dim)
+    head = build_head(cfg.head, num_classes, cfg.feat_dim, **cfg.head_params)
+    return UnimarginNet(backbone, head, mean, std, bf16=cfg.bf16,
+                        max_feature_norm=cfg.max_feature_norm)

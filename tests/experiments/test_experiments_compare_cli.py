@@ -55,7 +55,7 @@ def test_compare_tiny_open_set(tmp_path):
         assert record["status"] == "completed"
         assert 0.0 <= record["open_set"]["verif_roc_auc"] <= 1.0
         assert record["open_set"]["reject_threshold_source"] == ("learned" if record["head"] == "bce-u"
-                                                                 else "t* (known test set)")
+                                                                 else "t* (validation)")
         assert (out / "runs" / record["head"] / f"seed{record['seed']}" / "metrics.jsonl").exists()
     # Recommended settings are stated per head, and the rerun command is explicit.
     assert "| `softmax` | sgd |" in markdown or "| `softmax` | adamw |" in markdown

@@ -169,13 +169,8 @@ def run_compare(
     for task, record in zip(tasks, records):
         if not record.ok:
             continue
-        need_plot = not any(o.head == record.head for o in outputs)
-        if need_plot or splits.x_unknown is not None:
-            run_output, open_set = run_outputs(task.run_dir, splits.x_test, splits.y_test, splits.x_unknown,
-                                               splits.y_unknown, record.head, record.seed)
-            record.open_set = open_set
-            if need_plot:
-                outputs.append(run_output)
+        if not any(o.head == record.head for o in outputs):  # one seed per head for the plots
+            outputs.append(run_outputs(task.run_dir, splits.x_test, splits.y_test, record.head, record.seed))
     write_records(out, records)
     wall = time.perf_counter() - started
 

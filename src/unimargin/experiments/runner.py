@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from unimargin.report.records import COMPLETED, DIVERGED, FAILED, RunOutputs, RunRecord, read_history
+from unimargin.report.records import (COMPLETED, DIVERGED, FAILED, RunOutputs, RunRecord, read_history,
+                                     record_from_summary)
 
 __all__ = [
     "RunTask",
@@ -228,13 +229,7 @@ def _reuse_record(task: RunTask, cfg, fingerprint: dict[str, Any], log) -> RunRe
 
 def _record(task: RunTask, summary: dict[str, Any]) -> RunRecord:
     """The record of a run: history read from the run directory as it is now."""
-    run_dir = Path(task.run_dir)
-    return RunRecord(
-        head=task.head, seed=task.seed, status=str(summary.get("status", FAILED)),
-        final=dict(summary.get("final") or {}), runtime_s=float(summary.get("runtime_s") or 0.0),
-        epochs_completed=int(summary.get("epochs_completed") or 0),
-        message=str(summary.get("message") or ""), history=read_history(run_dir),
-        config=dict(summary.get("config") or {}), out=str(run_dir))
+    return record_from_summary(task.head, task.seed, summary, run_dir=Path(task.run_dir))
 
 
 # --------------------------------------------------------------------------- one run
@@ -537,13 +532,13 @@ def write_records(out: Path, records: Sequence[RunRecord]) -> None:
     _atomic_write_json(rows, Path(out) / "records.json")
 
 
-def run_outputs(run_dir: str | Path, x_test, y_test, x_unknown=None, y_unknown=None, head_name: str = "",
-                seed: int = 0) -> tuple[RunOutputs, dict[str, Any]]:
-    """Load a finished run: its test outputs (for the plots) and open-set metrics
-    (:func:`unimargin.metrics.evaluate.open_set_metrics`; verification unavailable, not an
-    error, with one held-out class)."""
+def run_outputs(run_dir: str | Path, x_test, y_test, head_name: str = "", seed: int = 0) -> RunOutputs:
+    """Load a finished run and compute its test outputs for the plots. Open-set metrics are
+    not recomputed here: the engine records them (``summary.json`` "final", threshold chosen
+    on the validation split) and :func:`unimargin.report.records.record_from_summary` files
+    them under ``open_set``."""
     from unimargin.metrics import centroid_margins, uniform_accuracy
-    from unimargin.metrics.evaluate import choose_threshold, compute_outputs, open_set_metrics
+    from unimargin.metrics.evaluate import compute_outputs
     from unimargin.train import load_run
 
     loaded = load_run(run_dir)
@@ -555,18 +550,10 @@ def run_outputs(run_dir: str | Path, x_test, y_test, x_unknown=None, y_unknown=N
         weight, bias = decision
         margins = centroid_margins(features, y_test, weight.detach().float().cpu(), bias.detach().float().cpu())
     learned = head.threshold
-    outputs = RunOutputs(head=head_name or head.name, seed=seed, features=features, scores=scores, labels=y_test,
-                         t_star=float(uniform_accuracy(scores, y_test).threshold),
-                         learned_threshold=None if learned is None else float(learned),
-                         centroid_margins=margins)
-    open_set: dict[str, Any] = {}
-    if x_unknown is not None and y_unknown is not None and len(x_unknown) > 0:
-        unknown_features, unknown_scores = compute_outputs(loaded.model, loaded.head, x_unknown)
-        # Until runs carry a validation split, the only known split here is the test split.
-        threshold, source = choose_threshold(head, scores, y_test, split="known test set")
-        open_set = open_set_metrics(head, scores, y_test, unknown_features, unknown_scores, y_unknown,
-                                    threshold, source)
-    return outputs, open_set
+    return RunOutputs(head=head_name or head.name, seed=seed, features=features, scores=scores, labels=y_test,
+                      t_star=float(uniform_accuracy(scores, y_test).threshold),
+                      learned_threshold=None if learned is None else float(learned),
+                      centroid_margins=margins)
 
 
 # --------------------------------------------------------------------------- rerun command

@@ -137,15 +137,24 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     return history
 
 
-def record_from_summary(head: str, seed: int, summary: dict[str, Any]) -> RunRecord:
-    """Build a record from the engine's ``train()`` summary and the run's metrics.jsonl."""
+OPEN_SET_PREFIXES = ("verif_", "reject_")
+
+
+def record_from_summary(head: str, seed: int, summary: dict[str, Any],
+                        run_dir: str | Path | None = None) -> RunRecord:
+    """Build a record from the engine's ``train()`` summary and the run's metrics.jsonl
+    (read from ``run_dir`` as it is now, default the summary's ``out``)."""
     status = str(summary.get("status", FAILED))
-    out = str(summary.get("out", ""))
+    out = str(run_dir) if run_dir is not None else str(summary.get("out", ""))
+    final = dict(summary.get("final") or {})
+    # the engine's open-set keys (held-out classes) go to their own section of the record
+    open_set = {k: final.pop(k) for k in list(final) if k.startswith(OPEN_SET_PREFIXES)}
     return RunRecord(
         head=head,
         seed=seed,
         status=status,
-        final=dict(summary.get("final") or {}),
+        final=final,
+        open_set=open_set,
         runtime_s=float(summary.get("runtime_s") or 0.0),
         epochs_completed=int(summary.get("epochs_completed") or 0),
         message=str(summary.get("message") or ""),

@@ -27,7 +27,18 @@ IDENTITY_FIELDS = ("dataset", "data_dir", "unknown_classes", "model", "feat_dim"
                    "head_params", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                    "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs",
                    "grad_clip", "seed", "normalize_input", "augment", "limit_train",
-                   "limit_test", "bf16", "sync_bn")
+                   "limit_test", "bf16", "sync_bn", "label_column", "test_data", "image_size",
+                   "channels", "test_fraction", "val_fraction", "imbalance", "label_noise")
+
+
+def _opt(default, help: str, group: str, *, choices: tuple | None = None, cli: bool = True,
+         factory=None):
+    """A TrainConfig field with the metadata the CLI flags are generated from
+    (``unimargin.cli.options``): help, choices, group (data / model / optim / run), cli."""
+    meta = {"help": help, "choices": choices, "group": group, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -40,13 +51,17 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = "mnist1d"
-    data_dir: str | None = None
-    unknown_classes: list | None = None
-    limit_train: int | None = None  # first N training samples (after the seeded split)
-    limit_test: int | None = None
-    normalize_input: bool = True  # standardise with training-set channel statistics
-    augment: bool | None = None  # None = the dataset's default augmentation
+    dataset: str = _opt("mnist1d", "dataset name (unimargin.data.list_datasets())", "data")
+    data_dir: str | None = _opt(None, "directory (or file) the dataset is read from", "data")
+    unknown_classes: list | None = _opt(
+        None, "comma-separated class names or indices held out of training (open set, SPEC 3.7)",
+        "data")
+    limit_train: int | None = _opt(None, "use the first N training samples (after the seeded "
+                                   "splits)", "data")
+    limit_test: int | None = _opt(None, "use the first N test samples", "data")
+    normalize_input: bool = _opt(True, "standardise inputs with training-set statistics (per "
+                                 "feature for tabular data, per channel otherwise)", "data")
+    augment: bool | None = _opt(None, "training augmentation (default: the dataset's own)", "data")
     # data: reading options (None = the dataset's default; load_dataset refuses an option the
     # chosen dataset does not take, see unimargin.data.dataset_info(name).options)
     label_column: str | None = field(default=None, metadata={
@@ -78,37 +93,41 @@ class TrainConfig:
                 "class with probability P",
         "choices": None, "group": "data", "cli": True})
     # model
-    model: str | None = None  # None = unimargin.models.default_model(dataset)
-    feat_dim: int = 64
-    head: str = "softmax"
-    head_params: dict = field(default_factory=dict)
-    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under torchrun
-    # optimisation (None = recommended_settings(head))
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    milestones: list[int] | None = None  # epochs, for schedule "multistep"
-    gamma: float = 0.1  # multistep factor
-    warmup_epochs: float | None = None
-    grad_clip: float | None = None  # max global gradient L2 norm; None = off
-    bf16: bool = False  # autocast the backbone to bfloat16; head maths stays float32
-    # divergence guard (SPEC-independent engine safety limits)
-    max_feature_norm: float = 1e4
-    max_score: float = 1e6
+    model: str | None = _opt(None, "backbone name or package.module:factory (default: the "
+                             "dataset's default model)", "model")
+    feat_dim: int = _opt(64, "feature dimension d", "model")
+    head: str = _opt("softmax", "head name (unimargin.list_heads())", "model")
+    head_params: dict = _opt(None, "head hyper-parameter NAME=VALUE (repeatable)", "model",
+                             factory=dict)
+    sync_bn: bool = _opt(False, "convert BatchNorm to SyncBatchNorm under torchrun (CUDA)", "model")
+    # optimisation (None = the head's recommended settings)
+    epochs: int = _opt(10, "training epochs", "optim")
+    batch_size: int = _opt(128, "global batch size (split over torchrun processes)", "optim")
+    optimizer: str | None = _opt(None, "optimizer (default: the head's recommended)", "optim",
+                                 choices=OPTIMIZERS)
+    lr: float | None = _opt(None, "learning rate (default: the head's recommended)", "optim")
+    momentum: float | None = _opt(None, "SGD momentum / AdamW beta1", "optim")
+    nesterov: bool | None = _opt(None, "Nesterov momentum (SGD)", "optim")
+    weight_decay: float | None = _opt(None, "weight decay (never on bce biases)", "optim")
+    schedule: str | None = _opt(None, "learning-rate schedule", "optim", choices=SCHEDULES)
+    milestones: list[int] | None = _opt(None, "epochs of the multistep schedule (comma-separated)",
+                                        "optim")
+    gamma: float = _opt(0.1, "multistep decay factor", "optim")
+    warmup_epochs: float | None = _opt(None, "linear warm-up length in epochs", "optim")
+    grad_clip: float | None = _opt(None, "clip the global gradient L2 norm to this value", "optim")
+    bf16: bool = _opt(False, "autocast the backbone to bfloat16 (head maths stays float32)", "optim")
+    # divergence guard (engine safety limits, not SPEC)
+    max_feature_norm: float = _opt(1e4, "stop as diverged when a feature norm exceeds this", "run")
+    max_score: float = _opt(1e6, "stop as diverged when a score exceeds this in magnitude", "run")
     # run
-    seed: int = 0
-    out: str = "runs/train"
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    device: str = "auto"
-    eval_batch_size: int = 1024
-    num_threads: int | None = None
+    seed: int = _opt(0, "run seed (model init, data order, validation split)", "run")
+    out: str = _opt("runs/train", "run directory", "run")
+    resume: bool = _opt(False, "continue the run in --out from its last checkpoint", "run")
+    overwrite: bool = _opt(False, "replace the run in --out", "run")
+    quiet: bool = _opt(False, "no progress output", "run")
+    device: str = _opt("auto", "device", "run", choices=DEVICES)
+    eval_batch_size: int = _opt(1024, "evaluation batch size", "run")
+    num_threads: int | None = _opt(None, "torch intra-op threads", "run")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -53,8 +53,6 @@ def load_splits(cfg: TrainConfig):
 
     options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                if f.metadata.get("group") == "data" and f.name not in _ENGINE_DATA_FIELDS}
-    options["data_dir"] = cfg.data_dir
-    options["unknown_classes"] = cfg.unknown_classes
     options["val_seed"] = cfg.seed
     splits = load_dataset(cfg.dataset, **options)
     if cfg.limit_train is not None:
@@ -327,12 +325,15 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
         for cb in callbacks:
             cb.on_epoch_end(epoch, record)
 
+    final = dict(history[-1]["test"]) if history else {}
+    if history and status == "completed" and splits.x_unknown is not None and len(splits.x_unknown):
+        final.update(_open_set_final(cfg, net, splits))
     summary = {
         "status": status,
         "message": message or f"completed {len(history)} epochs",
         "epochs_completed": len(history),
         "runtime_s": time.perf_counter() - t_start,
-        "final": dict(history[-1]["test"]) if history else {},
+        "final": final,
         "config": resolved,
         "out": cfg.out,
     }
@@ -402,6 +403,27 @@ def _evaluate_epoch(cfg, net, x_test, y_test, epoch: int) -> dict:
     features, scores = compute_outputs(net, net.head, x_test, cfg.eval_batch_size, distributed=True)
     check_eval_outputs(features, scores, epoch, cfg.max_feature_norm, "test")
     return evaluate_outputs(features, scores, y_test, net.head)
+
+
+def _open_set_final(cfg, net, splits) -> dict:
+    """Open-set keys (SPEC §3.7) of the trained net: rejection at the threshold chosen on the
+    validation split (learned threshold, else t* of validation; the test split only when the
+    run has no validation split), verification on the unknown classes."""
+    from unimargin.metrics.evaluate import choose_threshold, open_set_metrics
+
+    if splits.x_val is not None and len(splits.x_val):
+        _, val_scores = compute_outputs(net, net.head, splits.x_val, cfg.eval_batch_size,
+                                        distributed=True)
+        threshold, source = choose_threshold(net.head, val_scores, splits.y_val, "validation")
+    else:
+        threshold = source = None
+    _, test_scores = compute_outputs(net, net.head, splits.x_test, cfg.eval_batch_size,
+                                     distributed=True)
+    if threshold is None:
+        threshold, source = choose_threshold(net.head, test_scores, splits.y_test, "test")
+    uf, us = compute_outputs(net, net.head, splits.x_unknown, cfg.eval_batch_size, distributed=True)
+    return open_set_metrics(net.head, test_scores, splits.y_test, uf, us, splits.y_unknown,
+                            threshold, source)
 
 
 def evaluate_run(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor,

@@ -63,3 +63,12 @@ def test_evaluate_and_compare_write_the_same_keys(tmp_path, capsys):
     assert any(k.startswith("verif_") for k in metrics) and not any(k.startswith("verification_") for k in metrics)
     for key in ("sw", "uni", "verif_roc_auc", "reject_auroc"):
         assert metrics[key] == record["final"].get(key, record["open_set"].get(key)), key
+
+
+def test_no_test_hooks_in_production_code():
+    # test hooks are TrainCallback objects / before_replace callables, not environment variables
+    import pathlib
+
+    src = pathlib.Path(__file__).resolve().parents[2] / "src" / "unimargin"
+    offenders = [str(p) for p in src.rglob("*.py") if "UNIMARGIN_TEST_" in p.read_text()]
+    assert not offenders, offenders

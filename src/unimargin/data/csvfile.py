@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .registry import DatasetSplits, register_dataset, split_train_test
+from .registry import DatasetSplits, register_dataset, split_train_test, resolve_data_file
 
 DEFAULT_TEST_FRACTION = 0.2
 _INT = re.compile(r"^[+-]?\d+$")
@@ -169,21 +169,6 @@ def label_ids(labels: np.ndarray, classes: list[str], table: Table) -> np.ndarra
     return ids[inverse.reshape(-1)]
 
 
-def _resolve_path(path, data_dir) -> Path:
-    if path is not None and data_dir is not None:
-        raise ValueError("csv: give either path or data_dir, not both")
-    target = path if path is not None else data_dir
-    if target is None:
-        raise ValueError("csv: path (or data_dir) to a .csv file is required")
-    target = Path(target).expanduser()
-    if target.is_dir():
-        found = sorted(target.glob("*.csv"))
-        if len(found) != 1:
-            raise ValueError(f"csv: directory {target} must hold exactly one .csv file, found {len(found)}")
-        target = found[0]
-    return target
-
-
 @register_dataset("csv", default_model="mlp", layout="tabular")
 def load_csv(
     path: str | os.PathLike | None = None,
@@ -194,7 +179,7 @@ def load_csv(
     seed: int | None = None,
 ) -> DatasetSplits:
     """A CSV table: header row, numeric features, one label column (module docstring)."""
-    train = read_table(_resolve_path(path, data_dir), label_column)
+    train = read_table(resolve_data_file("csv", ".csv", path, data_dir), label_column)
     classes = class_names(train.labels)
     y = label_ids(train.labels, classes, train)
     x = torch.from_numpy(train.x)

@@ -20,24 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .registry import DatasetSplits, contiguous_labels, register_dataset, split_train_test
-
-
-def _resolve_path(path, data_dir) -> Path:
-    if path is not None and data_dir is not None:
-        raise ValueError("npz: give either path or data_dir, not both")
-    target = path if path is not None else data_dir
-    if target is None:
-        raise ValueError("npz: path (or data_dir) to a .npz file is required")
-    target = Path(target).expanduser()
-    if target.is_dir():
-        found = sorted(target.glob("*.npz"))
-        if len(found) != 1:
-            raise ValueError(f"npz: directory {target} must hold exactly one .npz file, found {len(found)}")
-        target = found[0]
-    if not target.is_file():
-        raise ValueError(f"npz: file {target} does not exist")
-    return target
+from .registry import DatasetSplits, contiguous_labels, register_dataset, split_train_test, resolve_data_file
 
 
 def _inputs(arr: np.ndarray, key: str, path: Path) -> torch.Tensor:
@@ -85,7 +68,7 @@ def load_npz(
     seed: int | None = None,
 ) -> DatasetSplits:
     """Arrays ``x``/``y`` (+ optional test/validation splits and ``classes``) from a .npz file."""
-    file = _resolve_path(path, data_dir)
+    file = resolve_data_file("npz", ".npz", path, data_dir)
     try:
         with np.load(file, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -455,3 +455,25 @@ def contiguous_labels(*label_arrays: np.ndarray, source: str, names: Sequence[st
         stacklevel=3,
     )
     return [np.searchsorted(present, np.asarray(a, dtype=np.int64)).astype(np.int64) for a in label_arrays], classes
+
+
+def resolve_data_file(dataset: str, suffix: str, path=None, data_dir=None):
+    """The one file a single-file dataset (``npz``, ``csv``) reads: ``path``, or the only
+    ``*<suffix>`` file in ``data_dir``. Errors name the dataset, the directory and the count."""
+    from pathlib import Path
+
+    if path is not None and data_dir is not None:
+        raise ValueError(f"{dataset}: give either path or data_dir, not both")
+    target = path if path is not None else data_dir
+    if target is None:
+        raise ValueError(f"{dataset}: path (or data_dir) to a {suffix} file is required")
+    target = Path(target).expanduser()
+    if target.is_dir():
+        found = sorted(target.glob(f"*{suffix}"))
+        if len(found) != 1:
+            raise ValueError(f"{dataset}: directory {target} must hold exactly one {suffix} file, "
+                             f"found {len(found)}")
+        target = found[0]
+    if not target.is_file():
+        raise ValueError(f"{dataset}: file {target} does not exist")
+    return target

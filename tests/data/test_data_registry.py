@@ -18,7 +18,8 @@ def _toy(k=5, per_class=(6, 3), dim=3) -> DatasetSplits:
 
 
 def test_list_datasets_has_every_source():
-    assert set(list_datasets()) == {"mnist1d", "fashion-mnist", "digits", "cifar10", "cifar100", "folder", "npz", "csv"}
+    # other test modules may register datasets of their own: the built-ins must all be there
+    assert {"mnist1d", "fashion-mnist", "digits", "cifar10", "cifar100", "folder", "npz", "csv"} <= set(list_datasets())
 
 
 def test_unknown_dataset_name_lists_valid_ones():

@@ -26,6 +26,8 @@ COMMANDS = (
     "predict",
     "compare",
     "sweep",
+    "calibrate",
+    "export",
 )
 
 

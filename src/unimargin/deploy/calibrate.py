@@ -251,23 +251,17 @@ def _t_star(scores, labels) -> float:
 
 def run_splits(run):
     """(x_train_fit, y_train_fit, x_val, y_val, splits) of a loaded run: the training
-    samples the model was fitted on and the validation split, exactly as the engine
-    made them (SPEC §3.9)."""
+    samples the model was fitted on and the validation split, exactly as the engine made
+    them (:func:`unimargin.train.load_splits`: the run's data options and seed, SPEC §3.9)."""
     from unimargin.train import load_splits
 
     cfg = run.config
     splits = load_splits(cfg)
-    if splits.x_val is not None:
-        # the engine's own split (load_splits passes val_fraction and the run seed)
-        return splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits
-    # TEMPORARY until the engine's validation split lands (issue 13; C1): the same
-    # function and seed it will use. With the current engine these samples were trained on.
-    from unimargin.data import validation_split
-
-    tr, va = validation_split(splits.y_train, float(getattr(cfg, "val_fraction", 0.1)), cfg.seed)
-    tr, va = torch.as_tensor(tr), torch.as_tensor(va)
-    return (splits.x_train[tr], splits.y_train[tr], splits.x_train[va], splits.y_train[va],
-            splits)
+    if splits.x_val is None or splits.x_val.shape[0] == 0:
+        raise ValueError(f"run {run.path!r} has no validation split (val_fraction="
+                         f"{cfg.val_fraction!r}); thresholds are chosen on "
+                         f"validation data only (SPEC §3.9): retrain with --val-fraction > 0")
+    return splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits
 
 
 def _outputs(run, x, batch_size: int = 1024):
@@ -326,8 +320,6 @@ def calibrate_run(run_dir, objective: str, rejection_score: str = "max_score",
     run = load_run(run_dir)
     cfg = run.config
     x_fit, y_fit, x_val, y_val, splits = run_splits(run)
-    if x_val.shape[0] == 0:
-        raise ValueError(f"run {os.fspath(run_dir)!r}: the validation split is empty")
     means = (training_class_means(run, x_fit, y_fit, batch_size)
              if needs_features(rejection_score) else None)
 
@@ -390,7 +382,7 @@ def calibrate_run(run_dir, objective: str, rejection_score: str = "max_score",
     if means is not None:
         result["class_means"] = means.tolist()
     if write:
-        from unimargin.train import atomic_write_bytes
+        from unimargin.io import atomic_write_bytes
 
         path = os.path.join(_run_directory(run_dir), CALIBRATION_FILE)
         atomic_write_bytes((json.dumps(result, indent=2) + "\n").encode("utf-8"), path)

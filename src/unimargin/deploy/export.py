@@ -153,7 +153,8 @@ def export_run(run_dir, format: str = "onnx", out=None, threshold: float | None 
     ``max_score``. Refuses to replace an existing ``out`` unless ``overwrite=True``; the file
     is written atomically. Returns the metadata dict plus ``path`` and ``format``.
     """
-    from unimargin.train import atomic_write_bytes, load_run
+    from unimargin.io import atomic_write_bytes
+    from unimargin.train import load_run
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")

@@ -182,3 +182,16 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         for key in ("sw", "uni", "sep_auc"):
             assert ha["test"][key] == pytest.approx(hb["test"][key], abs=1e-6)
         assert ha["test"]["n"] == hb["test"]["n"] == 200  # exact gather, no duplicates
+
+
+def test_data_conditions_change_the_training_split_only():
+    from unimargin.train import TrainConfig, load_splits, resolve_config
+
+    base = load_splits(resolve_config(TrainConfig(dataset="digits")))
+    tail = load_splits(resolve_config(TrainConfig(dataset="digits", imbalance=0.1)))
+    counts = torch.bincount(tail.y_train, minlength=10)
+    assert counts[0] > 5 * counts[9] and len(tail.y_train) < len(base.y_train)
+    assert torch.equal(tail.y_val, base.y_val) and torch.equal(tail.y_test, base.y_test)
+    noisy = load_splits(resolve_config(TrainConfig(dataset="digits", label_noise=0.2)))
+    flipped = float((noisy.y_train != base.y_train).double().mean())
+    assert 0.15 < flipped < 0.25 and torch.equal(noisy.y_val, base.y_val)

@@ -55,6 +55,18 @@ def load_splits(cfg: TrainConfig):
                if f.metadata.get("group") == "data" and f.name not in _ENGINE_DATA_FIELDS}
     options["val_seed"] = cfg.seed
     splits = load_dataset(cfg.dataset, **options)
+    # data conditions (issue 15) touch the training split only: validation and test stay
+    # clean and balanced
+    if cfg.imbalance is not None:
+        from unimargin.data.conditions import long_tail_indices
+
+        keep = torch.from_numpy(long_tail_indices(splits.y_train, cfg.imbalance, cfg.seed))
+        splits.x_train, splits.y_train = splits.x_train[keep], splits.y_train[keep]
+    if cfg.label_noise:
+        from unimargin.data.conditions import symmetric_label_noise
+
+        splits.y_train = symmetric_label_noise(splits.y_train, cfg.label_noise, splits.num_classes,
+                                               cfg.seed)
     if cfg.limit_train is not None:
         splits.x_train, splits.y_train = splits.x_train[:cfg.limit_train], splits.y_train[:cfg.limit_train]
     if cfg.limit_test is not None:

@@ -3,6 +3,10 @@
 - ``uniform_accuracy`` on N = 1e6 samples, K = 100 classes (float32 scores), as a ratio to
   ``scores.max(1)`` (values + indices, one pass over the score matrix) and, for honesty,
   also to ``scores.amax(1)`` (values only, the fastest possible pass).
+- ``separability_auc`` on the same N = 1e6 × K = 100 float32 scores, as a ratio to
+  ``uniform_accuracy`` (target of issues 11/16: <= 2x) and to the previous implementation
+  (a boolean N×K mask, the N(K−1) negatives copied out and sorted, binary searches), with
+  the peak resident memory each adds above the input.
 - ``verification`` on N = 1e4 features of dimension d = 128, as a ratio to one pass over
   the features (``f.norm(dim=1)``) and to one plain N×N similarity matrix
   (``f̂ @ f̂.T``, the cheapest way to touch every pair once). Default ``max_pairs``
@@ -14,12 +18,14 @@ the table reports medians. Single thread (``torch.set_num_threads(1)``).
     python benchmarks/metrics_speed.py            # writes benchmarks/results/metrics.md
     python benchmarks/metrics_speed.py --quick    # small smoke run, nothing written
 
-Target (issue): uniform_accuracy <= 5x one pass (scores.max(1)).
+Targets: uniform_accuracy <= 5x one pass (scores.max(1)); separability_auc <= 2x
+uniform_accuracy, no N×K pair temporary.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -27,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-from unimargin.metrics import positive_negative, uniform_accuracy, verification
+from unimargin.metrics import (positive_negative, separability_auc, uniform_accuracy,
+                               verification)
+from unimargin.metrics import _ranking
 from unimargin.metrics.uniform import _uniform_from_pn
 
 
@@ -76,6 +84,53 @@ def bench_uniform(n: int, k: int, repeats: int):
     return t, f"SW {res.sw:.4f}, CW {res.cw:.4f}, Uni {res.uni:.4f}, t* {res.threshold:.4f}"
 
 
+def _old_separability(scores, labels) -> float:
+    """The implementation before issue 16 (kept here only to measure against)."""
+    is_pos = torch.zeros(scores.shape, dtype=torch.bool)
+    is_pos.scatter_(1, labels[:, None], True)
+    return _ranking.auc(scores[is_pos], scores[~is_pos])
+
+
+def _peak_extra_mb(fn) -> float:
+    """Peak resident memory (MB) ``fn`` adds above the current resident set (Linux:
+    /proc/self/clear_refs resets the high-water mark)."""
+    def status(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(field)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return float("nan")
+    base = status("VmRSS")
+    fn()
+    return status("VmHWM") - base
+
+
+def bench_separability(n: int, k: int, repeats: int, old: bool):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(n, k, generator=g)
+    labels = torch.randint(0, k, (n,), generator=g)
+    scores[torch.arange(n), labels] += 2.0             # positives overlap the negatives
+    named = {
+        "uniform_accuracy": lambda: uniform_accuracy(scores, labels),
+        "separability_auc": lambda: separability_auc(scores, labels),
+    }
+    if old:
+        named["previous separability_auc (mask + copy)"] = lambda: _old_separability(scores, labels)
+    t = round_robin(named, repeats)
+    mem = {name: _peak_extra_mb(fn) for name, fn in named.items()}
+    new = separability_auc(scores, labels)
+    note = f"AUC {new:.10f}"
+    if old:
+        note += f" (previous implementation: {_old_separability(scores, labels):.10f})"
+    input_mb = scores.numel() * scores.element_size() / 2**20
+    note += "; peak extra resident memory (MB, input = %.0f MB): " % input_mb + ", ".join(
+        f"{name} {mb:.0f}" for name, mb in mem.items())
+    return t, note
+
+
 def bench_verification(n: int, d: int, k: int, repeats: int, exact: bool):
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, k, (n,), generator=g)
@@ -121,7 +176,9 @@ def main(argv=None) -> int:
     n_u, n_v = (20_000, 1_000) if args.quick else (1_000_000, 10_000)
     repeats = 2 if args.quick else args.repeats
 
+    load_before = os.getloadavg()[0]
     t_u, note_u = bench_uniform(n_u, 100, repeats)
+    t_s, note_s = bench_separability(n_u, 100, repeats, old=True)
     t_v, note_v = bench_verification(n_v, 128, 100, repeats, exact=not args.quick)
     md = [
         "# Metrics speed (benchmarks/metrics_speed.py)", "",
@@ -129,10 +186,14 @@ def main(argv=None) -> int:
         f"median of {repeats} round-robin repeats (shared machine: expect noise).", "",
         table(f"uniform_accuracy, N = {n_u:,}, K = 100 (float32)", t_u, ["scores.max(1)", "scores.amax(1)"]),
         "", f"Result: {note_u}.", "",
+        table(f"separability_auc, N = {n_u:,}, K = 100 (float32)", t_s,
+              ["uniform_accuracy", "previous separability_auc (mask + copy)"]),
+        "", f"Result: {note_s}.", "",
         table(f"verification, N = {n_v:,}, d = 128, 100 classes", t_v,
               ["features pass (f.norm(dim=1))", "plain N×N similarity matrix"]),
         "", f"Result: {note_v}.", "",
         NOTES,
+        f"Load average (1 min) at start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f}.",
     ]
     text = "\n".join(md)
     print(text)

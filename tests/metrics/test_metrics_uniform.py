@@ -164,3 +164,44 @@ def test_negative_zero_ties_positive_zero():
     scores = torch.tensor([[-0.0, -1.0], [1.0, 0.0]])
     res = uniform_accuracy(scores, torch.tensor([0, 0]))
     assert res.uni == 0.5 and res.threshold == -0.5
+
+
+def _sklearn_separability(scores, labels):
+    is_pos = torch.zeros_like(scores, dtype=torch.bool)
+    is_pos[torch.arange(len(labels)), labels] = True
+    return roc_auc_score(is_pos.flatten().numpy(), scores.flatten().to(torch.float64).numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("k", [2, 3, 17])
+def test_separability_auc_ties_dtypes_vs_sklearn(dtype, k):
+    g = torch.Generator().manual_seed(k)
+    n = 400
+    # few distinct values (heavy ties across and within rows), negative values and both zeros
+    scores = (torch.randint(-3, 4, (n, k), generator=g).to(dtype) * 0.5)
+    scores[::7, 0] = -0.0
+    labels = torch.randint(0, k, (n,), generator=g)
+    assert separability_auc(scores, labels) == pytest.approx(
+        _sklearn_separability(scores, labels), abs=1e-12)
+
+
+def test_separability_auc_edge_cases():
+    # all scores equal: every pair ties -> 0.5
+    assert separability_auc(torch.zeros(5, 4), torch.tensor([0, 1, 2, 3, 0])) == 0.5
+    # one sample: one positive vs K-1 negatives of the same row
+    s = torch.tensor([[0.3, 1.0, -2.0]])
+    assert separability_auc(s, torch.tensor([0])) == pytest.approx(
+        _sklearn_separability(s, torch.tensor([0])))
+    assert separability_auc(s, torch.tensor([1])) == 1.0
+    assert separability_auc(s, torch.tensor([2])) == 0.0
+    # −0.0 and +0.0 tie (a sign-bit comparison would order them)
+    s = torch.tensor([[-0.0, 0.0], [0.0, -0.0]])
+    assert separability_auc(s, torch.tensor([0, 0])) == 0.5
+
+
+def test_separability_auc_does_not_modify_scores():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(50, 6, generator=g)
+    before = s.clone()
+    separability_auc(s, torch.randint(0, 6, (50,), generator=g))
+    assert torch.equal(s, before)

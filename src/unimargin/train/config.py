@@ -344,11 +344,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     from unimargin.data import list_datasets
 
     _check_name("dataset", cfg.dataset, list_datasets())
-    from unimargin.models import default_model, list_models
+    from unimargin.models import check_model_name, default_model
 
     if cfg.model is None:
         cfg.model = default_model(cfg.dataset)
-    _check_name("model", cfg.model, list_models())
+    check_model_name(cfg.model)  # a built-in name or an importable package.module:factory
     rec = recommended_settings(cfg.head)
     for name in OPTIMIZER_FIELDS:
         if getattr(cfg, name) is None:

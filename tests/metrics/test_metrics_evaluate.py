@@ -136,3 +136,19 @@ def test_compute_outputs_on_a_bare_builtin_backbone(model):
     with torch.no_grad():
         torch.testing.assert_close(f, backbone(x))
     assert s.shape == (5, 3)
+
+
+def test_evaluate_model_per_class_is_nested_and_consistent_with_sw():
+    from unimargin.metrics.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    backbone, head = nn.Linear(5, 4), build_head("softmax", 3, 4)
+    x, y = torch.randn(90, 5), torch.arange(90) % 3
+    plain = evaluate_model(backbone, head, x, y)
+    out = evaluate_model(backbone, head, x, y, per_class=True)
+    assert "per_class" not in plain and set(out) - set(plain) == {"per_class"}
+    pc = out["per_class"]
+    cm = torch.tensor(pc["confusion"])
+    assert cm.shape == (3, 4) and int(cm.sum()) == 90 and int(cm[:, 3].sum()) == 0
+    assert int(cm.diagonal().sum()) / 90 == pytest.approx(out["sw"])
+    assert len(pc["accuracy"]) == 3

@@ -116,6 +116,10 @@ def _ddp_worker(rank, world_size, payload):
     if rank == 0:
         lonely.update(scores, labels)
     out["lonely"] = lonely.compute()
+    from unimargin.metrics import ConfusionMatrix, predictions
+    cm = ConfusionMatrix(scores.shape[1])             # counts summed over ranks
+    cm.update(labels[a:b], predictions(scores[a:b], labels[a:b]))
+    out["confusion"] = cm.compute().tolist()
     return out
 
 
@@ -130,5 +134,8 @@ def test_distributed_equals_one_shot():
         for per_rank in results:
             for name in expected:
                 assert per_rank[max_pairs][name] == expected[name], (max_pairs, name)
+    from unimargin.metrics import confusion_matrix, predictions
+    cm = confusion_matrix(labels, predictions(scores, labels), scores.shape[1]).tolist()
     for per_rank in results:
         assert per_rank["lonely"] == uniform_accuracy(scores, labels, 1.5)
+        assert per_rank["confusion"] == cm

@@ -3,18 +3,21 @@
 Functional core (pure functions on tensors, plain Python numbers out):
 :func:`uniform_accuracy`, :func:`positive_negative`, :func:`separability_auc`,
 :func:`feature_geometry`, :func:`centroid_margins`, :func:`verification`,
-:func:`open_set_rejection`; the one vocabulary of recorded keys (direction, unit, label,
+:func:`open_set_rejection`, :func:`confusion_matrix`, :func:`per_class_accuracy`,
+:func:`worst_confused_pairs`; the one vocabulary of recorded keys (direction, unit, label,
 description) is :data:`KEYS` in :mod:`unimargin.metrics.keys`; :mod:`unimargin.metrics.evaluate`
 is the one evaluation (closed set, open set, threshold choice).
 
 Stateful twins (update / compute / reset; exact on one process or many):
 :class:`UniformAccuracy`, :class:`SeparabilityAUC`, :class:`FeatureGeometry`,
-:class:`Verification`, :class:`OpenSetRejection`.
+:class:`Verification`, :class:`OpenSetRejection`, :class:`ConfusionMatrix`.
 
 Definitions, directions and how to read each number: docs/metrics.md.
 """
 
 from .keys import HIGHER_IS_BETTER, KEYS, NO_DIRECTION, MetricKey, describe, higher_is_better
+from .confusion import (ConfusionMatrix, confusion_matrix, per_class_accuracy, predictions,
+                        worst_confused_pairs)
 from .geometry import centroid_margins, feature_geometry
 from .stateful import (FeatureGeometry, OpenSetRejection, SeparabilityAUC, UniformAccuracy,
                        Verification)
@@ -26,5 +29,7 @@ __all__ = [
     "UniformResult", "uniform_accuracy", "positive_negative", "separability_auc",
     "feature_geometry", "centroid_margins",
     "verification", "pair_similarities", "open_set_rejection",
+    "predictions", "confusion_matrix", "per_class_accuracy", "worst_confused_pairs",
     "UniformAccuracy", "SeparabilityAUC", "FeatureGeometry", "Verification", "OpenSetRejection",
+    "ConfusionMatrix",
 ]

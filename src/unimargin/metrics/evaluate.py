@@ -9,7 +9,9 @@ and the threshold choice. Used by the engine (per epoch and the final test evalu
   given split — callers pass the *validation* split, never the test split (§2.9, §3.9).
 - :func:`open_set_metrics`: verification (``verif_*``) on unknown-class features and
   rejection (``reject_*``) of unknown samples (§3.7).
-- :func:`evaluate_model`: all of the above for one model and one split.
+- :func:`evaluate_model`: all of the above for one model and one split, optionally with
+  the nested ``per_class`` entry (accuracy per class, confusion matrix, worst confused
+  pairs; :mod:`unimargin.metrics.confusion`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from unimargin import distributed as udist
 
+from .confusion import per_class_summary, predictions
 from .geometry import feature_geometry
 from .keys import flat_key
 from .uniform import separability_auc, uniform_accuracy
@@ -146,12 +149,17 @@ def evaluate_model(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.
                    x_unknown: torch.Tensor | None = None, y_unknown: torch.Tensor | None = None,
                    threshold: float | None = None, threshold_source: str | None = None,
                    deployed_threshold: float | None = None, batch_size: int = 256,
-                   distributed: bool = False) -> dict:
+                   distributed: bool = False, per_class: bool = False) -> dict:
     """Closed-set keys of ``x``, ``y`` plus, when unknown-class data is given, the open-set
     keys (rejection at ``threshold``, default :func:`choose_threshold` on ``x`` itself —
-    pass the validation threshold when ``x`` is the test split)."""
+    pass the validation threshold when ``x`` is the test split). With ``per_class=True``
+    also ``out["per_class"]`` = :func:`~unimargin.metrics.confusion.per_class_summary` of
+    the closed-set predictions (top class, ties wrong as in SW): a nested entry, not a
+    flat key."""
     features, scores = compute_outputs(model, head, x, batch_size, distributed=distributed)
     out = evaluate_outputs(features, scores, y, head, deployed_threshold=deployed_threshold)
+    if per_class:
+        out["per_class"] = per_class_summary(y, predictions(scores, y), int(scores.shape[1]))
     if x_unknown is not None and y_unknown is not None and len(x_unknown) > 0:
         uf, us = compute_outputs(model, head, x_unknown, batch_size, distributed=distributed)
         out.update(open_set_metrics(head, scores, y, uf, us, y_unknown, threshold,

@@ -117,6 +117,9 @@ _ALL = [
        "chosen without the test split, SPEC §2.9"),
     _k("reject_threshold_source", None, "", "threshold source", "how the rejection threshold was "
        "chosen (learned / t* of validation)"),
+    # nested (not a number): evaluate_model(..., per_class=True), unimargin.metrics.confusion
+    _k("per_class", None, "", "per class", "nested entry: accuracy per class, confusion matrix "
+       "(last column = rejected), worst confused pairs (issue 12)"),
     # training (per epoch)
     _k("loss", "lower", "", "loss", "training loss (sample-weighted mean over the epoch)"),
     _k("lr", None, "", "learning rate", "learning rate at the start of the epoch"),

@@ -15,7 +15,7 @@ _REJECTION_FIELDS = {"auroc", "open_set_accuracy", "known_accept_rate", "unknown
 _VERIFICATION_FIELDS = set(verification(torch.randn(8, 3), torch.arange(8) % 2))
 # Keys no metric function returns (training records, the engine's flat dict): their
 # directions are definitions, checked for type only.
-NOT_FROM_A_METRIC = {"loss", "runtime_s", "uni_deployed"}
+NOT_FROM_A_METRIC = {"loss", "runtime_s", "time_s", "train_time_s"}
 
 
 def _flat(key: str) -> str:
@@ -125,8 +125,24 @@ def test_rejection_directions():
     _moves_the_declared_way(worse, better_known, ["known_accept_rate"])
 
 
+def test_deployed_uni_direction():
+    # t* fitted on a validation split, applied to a better / worse separated test split
+    from unimargin import build_head
+    from unimargin.metrics.evaluate import evaluate_outputs
+
+    head = build_head("softmax", 5, 6)
+    s_val, y_val = _scores(2.0, seed=1)
+    t_val = uniform_accuracy(s_val, y_val).threshold
+    out = {}
+    for name, margin in (("worse", 0.3), ("better", 2.0)):
+        s, y = _scores(margin)
+        out[name] = evaluate_outputs(torch.randn(len(y), 6), s, y, head, deployed_threshold=t_val)
+    assert out["better"]["uni_deployed"] > out["worse"]["uni_deployed"]
+    CHECKED.add("uni_deployed")
+
+
 def test_every_direction_flag_is_checked_and_every_output_key_is_classified():
-    for check in (test_compactness_directions, test_distinctiveness_directions,
+    for check in (test_deployed_uni_direction, test_compactness_directions, test_distinctiveness_directions,
                   test_uniformity_direction, test_uniform_directions, test_threshold_directions,
                   test_verification_directions, test_rejection_directions):
         check()

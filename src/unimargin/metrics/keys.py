@@ -124,6 +124,11 @@ _ALL = [
     _k("loss", "lower", "", "loss", "training loss (sample-weighted mean over the epoch)"),
     _k("lr", None, "", "learning rate", "learning rate at the start of the epoch"),
     _k("runtime_s", "lower", "s", "runtime", "wall time of the run"),
+    _k("epoch", None, "count", "epoch", "epoch number of a metrics.jsonl record (1-based)"),
+    _k("epochs_completed", None, "count", "epochs", "epochs the run completed"),
+    _k("time_s", "lower", "s", "epoch time", "wall time of the epoch (training + evaluation)"),
+    _k("train_time_s", "lower", "s", "epoch training time", "wall time of the epoch's training "
+       "steps only"),
 ]
 
 KEYS: dict[str, MetricKey] = {k.name: k for k in _ALL}

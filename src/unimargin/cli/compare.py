@@ -43,9 +43,10 @@ def run(args) -> int:
         heads = ",".join(heads)
     tune = None
     if args.tune:
-        from unimargin.experiments.tune import TuneSpec
+        # experiments/tune.py is not written yet (issue 13): say so instead of crashing
+        raise ValueError("--tune: learning-rate tuning is not available in this version yet "
+                         "(issue 13); run compare without --tune")
 
-        tune = TuneSpec.from_text(args.tune, trials=args.trials, epochs=args.tune_epochs, metric=args.tune_metric)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     result = run_compare(heads=heads, head_params=head_params, log=log, tune=tune,
                          **run_options(args, options, extras, default_seeds=DEFAULT_SEEDS,

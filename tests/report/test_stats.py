@@ -10,12 +10,15 @@ scipy_stats = pytest.importorskip("scipy.stats")
 scipy_special = pytest.importorskip("scipy.special")
 
 from unimargin.report.stats import (
+    holm_adjust,
     paired_t_test,
     regularized_incomplete_beta,
     sign_flip_p_value,
     student_t_cdf,
+    student_t_ppf,
     student_t_two_sided_p,
     summarize,
+    t_interval,
 )
 
 
@@ -80,12 +83,19 @@ def test_sign_flip_floor_and_ties():
 
 
 def test_degenerate_paired_cases_are_defined_not_nan():
+    # Zero variance (SPEC §3.9): no t-test at all (never a p of 0), the sign-flip p only.
     same = paired_t_test([0.7, 0.8, 0.9], [0.7, 0.8, 0.9])
-    assert same.t_p_value == 1.0 and same.t_statistic == 0.0
-    shifted = paired_t_test([0.8, 0.9, 1.0], [0.7, 0.8, 0.9])  # constant difference 0.1
-    assert shifted.t_p_value == 0.0 and math.isinf(shifted.t_statistic)
+    assert same.zero_variance and same.t_p_value is None and same.t_statistic is None
+    assert same.sign_flip_p == 1.0 and same.ci_low == same.ci_high == 0.0
+    shifted = paired_t_test([0.8, 0.9, 1.0], [0.7, 0.8, 0.9])  # constant difference 0.1 (float noise)
+    assert shifted.zero_variance and shifted.t_p_value is None and shifted.t_statistic is None
+    assert shifted.sign_flip_p == pytest.approx(2 / 8)
+    assert shifted.ci_low == pytest.approx(0.1) and shifted.ci_high == pytest.approx(0.1)
+    # issue 13's case: one test sample of 36 on both of 2 seeds
+    two = paired_t_test([0.5 + 1 / 36, 0.6 + 1 / 36], [0.5, 0.6])
+    assert two.zero_variance and two.t_p_value is None and two.sign_flip_p == pytest.approx(0.5)
     one = paired_t_test([0.8], [0.7])
-    assert one.t_p_value is None and one.sign_flip_p == 1.0
+    assert one.t_p_value is None and one.sign_flip_p == 1.0 and one.ci_low is None and not one.zero_variance
     empty = paired_t_test([], [])
     assert empty.n == 0 and empty.t_p_value is None
 
@@ -109,3 +119,51 @@ def test_bad_input_raises():
         student_t_cdf(1.0, 0)
     with pytest.raises(ValueError, match="empty"):
         sign_flip_p_value([])
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 30])
+def test_student_t_ppf_matches_scipy(df):
+    for q in [0.001, 0.025, 0.1, 0.5, 0.8, 0.975, 0.995, 0.9999]:
+        assert student_t_ppf(q, df) == pytest.approx(float(scipy_stats.t.ppf(q, df)), rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="q must be"):
+        student_t_ppf(1.0, df)
+
+
+def test_t_interval_matches_scipy_and_paired_test():
+    rng = np.random.default_rng(11)
+    for n in [2, 3, 5, 10]:
+        d = rng.normal(0.01, 0.02, size=n)
+        mean, sem = float(np.mean(d)), float(scipy_stats.sem(d))
+        low, high = scipy_stats.t.interval(0.95, n - 1, loc=mean, scale=sem)
+        assert t_interval(d) == pytest.approx((low, high), rel=1e-9)
+        test = paired_t_test(d + 0.5, np.full(n, 0.5))
+        assert (test.ci_low, test.ci_high) == pytest.approx((low, high), rel=1e-7)
+        # the interval excludes 0 exactly when the two-sided t p is below 0.05
+        assert (low > 0 or high < 0) == (float(scipy_stats.ttest_1samp(d, 0.0).pvalue) < 0.05)
+    with pytest.raises(ValueError, match="at least 2"):
+        t_interval([0.1])
+
+
+def _holm_reference(p):
+    """Holm written out from its definition (statsmodels multipletests(method="holm")):
+    reject in ascending order while p_(j) <= alpha / (m - j + 1); adjusted p_(i) =
+    max over j <= i of min(1, (m - j + 1) p_(j))."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out = [0.0] * m
+    for i_rank, i in enumerate(order):
+        out[i] = max(min(1.0, (m - j_rank) * p[order[j_rank]]) for j_rank in range(i_rank + 1))
+    return out
+
+
+def test_holm_adjust_matches_its_definition():
+    rng = np.random.default_rng(5)
+    for m in [1, 2, 3, 6]:
+        p = rng.uniform(0, 0.2, size=m).tolist()
+        assert holm_adjust(p) == pytest.approx(_holm_reference(p))
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # None (no t-test) stays None and counts in m: 0.02 × 2 (not × 1)
+    assert holm_adjust([0.02, None]) == [pytest.approx(0.04), None]
+    assert holm_adjust([]) == []
+    with pytest.raises(ValueError, match=r"p_values\[1\]"):
+        holm_adjust([0.1, 1.5])

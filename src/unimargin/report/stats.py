@@ -11,6 +11,14 @@ dependency; the tests check these functions against it).
   p = #{s ∈ {±1}^n : |mean(s·d)| ≥ |mean(d)|} / 2^n. It assumes nothing about the
   distribution of d; with n seeds its smallest possible value is 2 / 2^n (0.25 for 3
   seeds, 0.0625 for 5), which the report states.
+- :func:`student_t_ppf` and :func:`t_interval` — the 95 % t-interval of the mean paired
+  difference, mean(d) ± t_{0.975, n−1} · std(d) / √n (SPEC §3.9).
+- :func:`holm_adjust` — Holm's step-down adjustment of the p-values of the heads compared
+  with the baseline on one metric (SPEC §3.9).
+
+Zero variance (every d_i identical, SPEC §3.9): the standard error is 0 and the t-test is
+undefined, so :class:`PairedTest` has ``zero_variance=True``, ``t_statistic`` and
+``t_p_value`` None, and only the sign-flip p; a t-test p of 0 is never produced.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ __all__ = [
     "student_t_two_sided_p",
     "paired_t_test",
     "sign_flip_p_value",
+    "student_t_ppf",
+    "t_interval",
+    "holm_adjust",
     "MAX_EXACT_SIGN_FLIP",
 ]
 
@@ -153,11 +164,77 @@ def student_t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+def student_t_ppf(q: float, df: float) -> float:
+    """The q-quantile of Student's t with ``df`` degrees of freedom: the t with
+    P(T ≤ t) = q, by bisection on :func:`student_t_cdf` (monotone, so it always converges;
+    60+ halvings of a bracket found by doubling reach full double precision)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"student_t_ppf: q must be in (0, 1), got {q}")
+    if not df > 0:
+        raise ValueError(f"student_t_ppf: df must be > 0, got {df}")
+    if q == 0.5:
+        return 0.0
+    if q < 0.5:  # symmetry: t_q = −t_{1−q}
+        return -student_t_ppf(1.0 - q, df)
+    high = 1.0
+    while student_t_cdf(high, df) < q:
+        high *= 2.0
+    low = 0.0
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if student_t_cdf(middle, df) < q:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-15 * max(1.0, high):
+            break
+    return 0.5 * (low + high)
+
+
+def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Two-sided ``level`` t-interval of the mean of ``differences`` (n ≥ 2, SPEC §3.9):
+    mean(d) ± t_{(1+level)/2, n−1} · std(d, ddof=1) / √n."""
+    array = _as_finite_vector(list(differences), "differences")
+    if array.size < 2:
+        raise ValueError(f"t_interval: differences needs at least 2 values, got {array.size}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"t_interval: level must be in (0, 1), got {level}")
+    n = int(array.size)
+    mean = float(array.mean())
+    half = student_t_ppf(0.5 * (1.0 + level), n - 1) * float(array.std(ddof=1)) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family-wise error control), same order as given.
+
+    With the m p-values sorted ascending p_(1) ≤ … ≤ p_(m):
+    p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)). A None entry (no t-test: one seed or
+    zero variance) stays None but still counts in m, so the other heads are not adjusted
+    less because one comparison had no test (conservative, SPEC §3.9).
+    """
+    values = list(p_values)
+    m = len(values)
+    for index, p in enumerate(values):
+        if p is not None and not (0.0 <= float(p) <= 1.0):
+            raise ValueError(f"holm_adjust: p_values[{index}] must be in [0, 1] or None, got {p}")
+    order = sorted((i for i, p in enumerate(values) if p is not None), key=lambda i: float(values[i]))
+    adjusted: list[float | None] = [None] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(values[index])))
+        adjusted[index] = running
+    return adjusted
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """Result of comparing paired values a_i and b_i through d_i = a_i − b_i.
 
-    ``t_p_value`` is the two-sided paired t-test p-value (None for n < 2);
+    ``t_p_value`` is the two-sided paired t-test p-value (None for n < 2 and under zero
+    variance); ``ci_low``/``ci_high`` the 95 % t-interval of the mean difference (None for
+    n < 2; both equal the mean under zero variance); ``zero_variance`` True when n ≥ 2 and
+    every d_i is identical (SPEC §3.9: reported with the sign-flip p only);
     ``sign_flip_p`` the exact sign-flip permutation p-value (None for n = 0);
     ``sign_flip_exact`` False when n > MAX_EXACT_SIGN_FLIP (Monte Carlo instead).
     """
@@ -171,15 +248,19 @@ class PairedTest:
     t_p_value: float | None
     sign_flip_p: float | None
     sign_flip_exact: bool = True
+    ci_low: float | None = None
+    ci_high: float | None = None
+    zero_variance: bool = False
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     """Paired comparison of ``a`` against ``b`` (same length, paired by position).
 
-    d = a − b; t = mean(d) / (std(d, ddof=1) / √n), df = n − 1, two-sided p.
-    Degenerate cases are defined rather than NaN: if every d_i is identical the standard
-    error is 0, so t = 0 and p = 1 when mean(d) = 0, and |t| = ∞ and p = 0 otherwise.
-    The exact sign-flip p-value of the same differences is included.
+    d = a − b; t = mean(d) / (std(d, ddof=1) / √n), df = n − 1, two-sided p; 95 % interval
+    mean(d) ± t_{0.975, df} · std(d) / √n (SPEC §3.9). Degenerate cases are defined rather
+    than NaN: if every d_i is identical (zero variance) there is no t-test (t and p None,
+    ``zero_variance`` True, the interval collapses to the mean). The exact sign-flip
+    p-value of the same differences is always included.
     """
     first = _as_finite_vector(list(a), "a")
     second = _as_finite_vector(list(b), "b")
@@ -197,13 +278,16 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
         return PairedTest(tuple(differences.tolist()), mean, None, n, None, None, None, flip_p, exact)
     std = float(differences.std(ddof=1))
     df = n - 1
+    # Identical differences up to float noise (the same metric difference computed on
+    # different seeds may differ in the last bits): the t statistic would be ±∞ or 0/0.
     if std <= 1e-12 * max(1.0, abs(mean)):
-        t_stat = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-        p_value = 1.0 if mean == 0.0 else 0.0
-    else:
-        t_stat = mean / (std / math.sqrt(n))
-        p_value = student_t_two_sided_p(t_stat, df)
-    return PairedTest(tuple(differences.tolist()), mean, std, n, t_stat, df, p_value, flip_p, exact)
+        return PairedTest(tuple(differences.tolist()), mean, 0.0, n, None, df, None, flip_p, exact,
+                          ci_low=mean, ci_high=mean, zero_variance=True)
+    t_stat = mean / (std / math.sqrt(n))
+    p_value = student_t_two_sided_p(t_stat, df)
+    low, high = t_interval(differences)
+    return PairedTest(tuple(differences.tolist()), mean, std, n, t_stat, df, p_value, flip_p, exact,
+                      ci_low=low, ci_high=high)
 
 
 def _sign_flip(differences: np.ndarray) -> tuple[float | None, bool]:

@@ -28,7 +28,10 @@ IDENTITY_FIELDS = ("dataset", "data_dir", "unknown_classes", "model", "feat_dim"
                    "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs",
                    "grad_clip", "seed", "normalize_input", "augment", "limit_train",
                    "limit_test", "bf16", "sync_bn", "label_column", "test_data", "image_size",
-                   "channels", "test_fraction", "val_fraction", "imbalance", "label_noise")
+                   "channels", "test_fraction", "val_fraction", "imbalance", "label_noise",
+                   "select_epoch", "select_metric")
+SELECT_EPOCHS = ("last", "best")
+SELECT_METRICS = ("sw", "cw", "uni")
 
 
 def _opt(default, help: str, group: str, *, choices: tuple | None = None, cli: bool = True,
@@ -102,7 +105,9 @@ class TrainConfig:
     sync_bn: bool = _opt(False, "convert BatchNorm to SyncBatchNorm under torchrun (CUDA)", "model")
     # optimisation (None = the head's recommended settings)
     epochs: int = _opt(10, "training epochs", "optim")
-    batch_size: int = _opt(128, "global batch size (split over torchrun processes)", "optim")
+    batch_size: int | None = _opt(None, "global batch size, split over torchrun processes "
+                                  "(default: 128, smaller when the training split is small: "
+                                  "at least 8 steps per epoch, never below 8)", "optim")
     optimizer: str | None = _opt(None, "optimizer (default: the head's recommended)", "optim",
                                  choices=OPTIMIZERS)
     lr: float | None = _opt(None, "learning rate (default: the head's recommended)", "optim")
@@ -127,6 +132,13 @@ class TrainConfig:
     quiet: bool = _opt(False, "no progress output", "run")
     device: str = _opt("auto", "device", "run", choices=DEVICES)
     eval_batch_size: int = _opt(1024, "evaluation batch size", "run")
+    select_epoch: str = _opt("last", "the epoch whose model is kept and tested: the last one, "
+                             "or the best on the validation split by --select-metric", "run",
+                             choices=SELECT_EPOCHS)
+    select_metric: str = _opt("sw", "validation metric that picks the best epoch", "run",
+                              choices=SELECT_METRICS)
+    tensorboard: bool = _opt(False, "also write TensorBoard event files (DIR/tensorboard; "
+                             "needs unimargin[tensorboard])", "run")
     num_threads: int | None = _opt(None, "torch intra-op threads", "run")
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,10 +171,17 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
                          ) from exc
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except OSError as exc:
         raise ValueError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {path!r} is not UTF-8 text (byte {exc.start}: "
+                         f"{raw[exc.start:exc.start + 1]!r}); save it as UTF-8") from exc
+    try:
+        data = yaml.load(text, Loader=_unique_key_loader(yaml))
     except yaml.YAMLError as exc:
         raise ValueError(f"config file {path!r} is not valid YAML: {exc}") from exc
     if data is None:
@@ -172,6 +191,25 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
                          f"top level, got {type(data).__name__}")
     # Accept dashed keys as written on the command line.
     return {str(k).replace("-", "_"): _normalise_yaml(v) for k, v in data.items()}
+
+
+def _unique_key_loader(yaml):
+    """A SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the
+    last one silently)."""
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line "
+                        f"{seen[key].start_mark.line + 1})", key_node.start_mark)
+                seen[key] = key_node
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _normalise_yaml(value: Any) -> Any:
@@ -283,10 +321,10 @@ def validate_config(cfg: TrainConfig) -> None:
     if not isinstance(cfg.head_params, dict):
         raise ValueError(f"head_params: expected a mapping, got {cfg.head_params!r}")
     _check_number("epochs", cfg.epochs, integer=True, minimum=1)
-    _check_number("batch_size", cfg.batch_size, integer=True, minimum=1)
+    _check_number("batch_size", cfg.batch_size, integer=True, minimum=1, allow_none=True)
     _check_number("eval_batch_size", cfg.eval_batch_size, integer=True, minimum=1)
     _check_number("feat_dim", cfg.feat_dim, integer=True, minimum=1)
-    _check_number("seed", cfg.seed, integer=True, minimum=0)
+    _check_number("seed", cfg.seed, integer=True, minimum=0, maximum=2**63 - 1)
     _check_number("limit_train", cfg.limit_train, integer=True, minimum=1, allow_none=True)
     _check_number("limit_test", cfg.limit_test, integer=True, minimum=1, allow_none=True)
     _check_number("num_threads", cfg.num_threads, integer=True, minimum=1, allow_none=True)
@@ -304,7 +342,10 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"schedule: expected one of {list(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.device not in DEVICES:
         raise ValueError(f"device: expected one of {list(DEVICES)}, got {cfg.device!r}")
-    for name in ("resume", "overwrite", "quiet", "bf16", "sync_bn", "normalize_input"):
+    for name, choices in (("select_epoch", SELECT_EPOCHS), ("select_metric", SELECT_METRICS)):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"{name}: expected one of {list(choices)}, got {getattr(cfg, name)!r}")
+    for name in ("resume", "overwrite", "quiet", "bf16", "sync_bn", "normalize_input", "tensorboard"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name}: expected true/false, got {getattr(cfg, name)!r}")
     for name in ("nesterov", "augment"):

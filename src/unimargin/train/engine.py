@@ -32,8 +32,8 @@ from .config import IDENTITY_FIELDS, TrainConfig, resolve_config, save_yaml
 from .guards import Diverged, check_eval_outputs, check_step, non_finite_state
 from .net import build_net
 from .optim import build_optimizer, build_scheduler, parameter_groups
-from .run_dir import (CHECKPOINT_DIR, LAST_CHECKPOINT, LoadedRun, append_jsonl, check_out_dir,
-                      clear_run_files)
+from .run_dir import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, LoadedRun, RunDirectory,
+                      append_jsonl, check_out_dir, checkpoint_path)
 from .seeding import (STREAM_AUGMENT, capture_rng_state, epoch_generator, restore_rng_state,
                       seed_everything)
 
@@ -126,12 +126,96 @@ def _progress(iterable, total: int, enabled: bool, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _check_resume_config(cfg: TrainConfig, saved: dict, path: str) -> None:
+def _check_resume_config(cfg: TrainConfig, saved: dict, path: str, completed: int) -> None:
+    """A resumed run continues the same training: identity fields equal; ``epochs`` may not
+    drop below the epochs already trained, and may change only where the schedule does not
+    depend on it (so config.yaml stays true of every epoch trained)."""
     diffs = [f"{k}: run has {saved.get(k)!r}, requested {getattr(cfg, k)!r}"
              for k in IDENTITY_FIELDS if saved.get(k) != getattr(cfg, k)]
     if diffs:
         raise ValueError(f"cannot resume from {path!r} with a different configuration ("
                          + "; ".join(diffs) + ")")
+    if cfg.epochs < completed:
+        raise ValueError(f"--resume --epochs {cfg.epochs}: the run in {path!r} has already "
+                         f"trained {completed} epochs; a resumed run cannot be shortened")
+    if cfg.epochs != saved.get("epochs") and cfg.schedule == "cosine":
+        raise ValueError(f"--resume --epochs {cfg.epochs}: the run was trained with a cosine "
+                         f"schedule over {saved.get('epochs')} epochs, which depends on the "
+                         f"number of epochs; resume with --epochs {saved.get('epochs')} or "
+                         f"train a new run")
+
+
+def auto_batch_size(n_train: int) -> int:
+    """The default batch: 128, halved (by powers of two, never below 8) until an epoch has
+    at least 8 steps, so a small training split still gets several updates per epoch."""
+    batch = 128
+    while batch > 8 and n_train < 8 * batch:
+        batch //= 2
+    return batch
+
+
+def _adapt_to_data(cfg: TrainConfig, n_train: int, explicit: set, log) -> TrainConfig:
+    """Small-data sense (said once): the batch and the warm-up the user did not set follow
+    the data; values the user set are kept, with a warning when they defeat themselves."""
+    changes = {}
+    if cfg.batch_size is None:
+        changes["batch_size"] = auto_batch_size(n_train)
+        if changes["batch_size"] != 128:
+            log(f"note: {n_train} training samples: batch size {changes['batch_size']} (the "
+                f"default 128 would give {math.ceil(n_train / 128)} step(s) per epoch); set "
+                f"--batch-size to choose")
+    elif cfg.batch_size >= n_train:
+        log(f"warning: --batch-size {cfg.batch_size} is at least the {n_train} training "
+            f"samples: one optimiser step per epoch")
+    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+        if "warmup_epochs" in explicit:
+            log(f"warning: --warmup-epochs {cfg.warmup_epochs:g} covers the whole "
+                f"{cfg.epochs}-epoch run: the learning rate never reaches its set value")
+        else:
+            changes["warmup_epochs"] = round(cfg.epochs * 0.2, 3)
+            log(f"note: the head's {cfg.warmup_epochs:g} warm-up epochs would cover the "
+                f"{cfg.epochs}-epoch run; warming up for {changes['warmup_epochs']:g} "
+                f"epochs instead (set --warmup-epochs to choose)")
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def plan_batches(n_train: int, batch_size: int, world: int, min_share: int) -> list[tuple[int, int]]:
+    """[start, stop) of each step's global batch over one epoch's order.
+
+    Every process's share (``tensor_split`` into ``world`` parts, the smallest is
+    ``size // world``) must hold at least ``min_share`` samples (2 with BatchNorm: batch
+    statistics of one sample are undefined). A remainder too small for that joins the
+    previous batch (that step is larger; no sample is dropped). Raises ValueError before
+    training when even full batches are too small.
+    """
+    if batch_size // world < min_share:
+        raise ValueError(f"batch_size {batch_size} over {world} process(es) gives "
+                         f"{batch_size // world} sample(s) per process; the model has "
+                         f"BatchNorm, which needs at least {min_share}: use --batch-size >= "
+                         f"{min_share * world}")
+    bounds = [(start, min(start + batch_size, n_train)) for start in range(0, n_train, batch_size)]
+    last = bounds[-1][1] - bounds[-1][0]
+    if last // world < min_share:
+        if len(bounds) == 1:
+            raise ValueError(f"{n_train} training samples over {world} process(es) give "
+                             f"{last // world} sample(s) per process; BatchNorm needs at "
+                             f"least {min_share}")
+        bounds[-2:] = [(bounds[-2][0], n_train)]
+    return bounds
+
+
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _check_eval_split(name: str, y: torch.Tensor | None, dataset: str) -> None:
+    """A validation or test split with one class gives no SW/Uni worth choosing with."""
+    if y is None or not len(y):
+        return
+    if int(torch.unique(y).numel()) < 2:
+        raise ValueError(f"dataset {dataset!r}: the {name} split holds only class "
+                         f"{int(y[0])}; it needs at least 2 classes (more data, or another "
+                         f"split option: --val-fraction, --test-fraction, --test-data)")
 
 
 # --------------------------------------------------------------------------- training
@@ -156,11 +240,16 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None,
           callbacks: Sequence[TrainCallback] = ()) -> dict:
     """Train ``cfg.head`` on ``cfg.dataset`` and write the run directory ``cfg.out``.
 
-    Returns the summary dict (also written as ``summary.json``): status ("completed" |
-    "diverged"), message, epochs_completed, runtime_s, final (flat test metrics of the
-    last good epoch), config (resolved), out. Under torchrun (WORLD_SIZE > 1) the process
-    group is initialised here (gloo on CPU, NCCL on GPU) unless one exists, and left up for
-    later calls (:func:`shutdown_distributed` ends it); only rank 0 writes files.
+    Protocol (SPEC §3.9): per-epoch metrics on the validation split; the epoch kept
+    (``select_epoch``: last, or best by validation ``select_metric``) is evaluated on the
+    test split once, at the end. Returns the summary dict (also ``summary.json``): status
+    ("completed" | "diverged"), message, epochs_completed, selected_epoch, runtime_s,
+    final (flat test metrics of the kept model, incl. ``uni_deployed`` at validation t*,
+    and the open-set keys when classes were held out), final_val (its validation metrics),
+    per_class (test confusion), splits (sizes), config (resolved), out. Under torchrun
+    (WORLD_SIZE > 1) the process group is initialised here (gloo on CPU, NCCL on GPU)
+    unless one exists, and left up for later calls (:func:`shutdown_distributed` ends it);
+    only rank 0 writes files.
 
     ``build_backbone(in_shape, feat_dim) -> nn.Module`` replaces the model registry (for
     library users with their own backbone; ``load_run`` then needs the same callable).
@@ -168,6 +257,7 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None,
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    explicit = {name for name in ("batch_size", "warmup_epochs") if getattr(cfg, name) is not None}
     cfg = resolve_config(cfg)
     # The process group stays up after the run: later train() calls in the same torchrun
     # job reuse it (tearing gloo down and re-creating it per run races between ranks).
@@ -175,7 +265,7 @@ def train(cfg: TrainConfig, build_backbone: Callable | None = None,
     _init_distributed(cfg.device)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, build_backbone, tuple(callbacks))
+        return _train(cfg, build_backbone, tuple(callbacks), explicit)
     finally:
         torch.set_num_threads(threads)
 
@@ -186,7 +276,16 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
+def _load_data(cfg: TrainConfig):
+    splits = load_splits(cfg)
+    if splits.x_train.shape[0] == 0:
+        raise ValueError(f"dataset {cfg.dataset!r}: the training split is empty")
+    _check_eval_split("validation", splits.y_val, cfg.dataset)
+    _check_eval_split("test", splits.y_test, cfg.dataset)
+    return splits
+
+
+def _train(cfg: TrainConfig, build_backbone, callbacks: tuple, explicit: set) -> dict:
     t_start = time.perf_counter()
     main = udist.is_main_process()
     world = udist.world_size()
@@ -199,23 +298,21 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
         raise ValueError("sync_bn: SyncBatchNorm needs CUDA devices; on CPU each process "
                          "keeps its own BatchNorm batch statistics (see docs/training.md)")
 
-    ckpt_path = os.path.join(cfg.out, CHECKPOINT_DIR, LAST_CHECKPOINT)
-    ckpt = None
-    if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume_config(cfg, ckpt["config"], ckpt_path)
-
     seed_everything(cfg.seed)
-    splits = load_splits(cfg)
-    x_train, y_train, x_test, y_test = splits.x_train, splits.y_train, splits.x_test, splits.y_test
-    if x_train.shape[0] == 0:
-        raise ValueError(f"dataset {cfg.dataset!r}: the training split is empty")
+    splits = _load_data(cfg)
+    n_train = splits.x_train.shape[0]
+    cfg = _adapt_to_data(cfg, n_train, explicit, log)
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_checkpoint(checkpoint_path(cfg.out))
+        _check_resume_config(cfg, ckpt["config"], checkpoint_path(cfg.out), int(ckpt["epoch"]))
+
     mean = std = None
     if cfg.normalize_input:
         from unimargin.data.transforms import feature_stats
 
         # per feature for tabular (N, d) inputs, per channel otherwise; std 0 -> 1 (no NaN)
-        mean, std = feature_stats(x_train)
+        mean, std = feature_stats(splits.x_train)
     augment = None
     if cfg.augment is not False:
         from unimargin.data.transforms import default_augmentation
@@ -224,48 +321,83 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
         if cfg.augment and augment is None:
             log(f"note: dataset {cfg.dataset!r} has no default augmentation; training without")
 
-    # Model init happens right after seeding: a function of the seed alone.
+    # Model init happens right after seeding and data loading: a function of the seed alone.
     net = build_net(cfg, splits.in_shape, splits.num_classes, mean, std, build_backbone)
+    batches = plan_batches(n_train, cfg.batch_size, world, 2 if _has_batchnorm(net) else 1)
     if cfg.sync_bn and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
-    head = net.head
-
-    n_train = x_train.shape[0]
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    optimizer = build_optimizer(parameter_groups(net, head, cfg.weight_decay), cfg.optimizer,
+    optimizer = build_optimizer(parameter_groups(net, net.head, cfg.weight_decay), cfg.optimizer,
                                 cfg.lr, cfg.momentum, cfg.nesterov)
-    scheduler = build_scheduler(optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+    scheduler = build_scheduler(optimizer, epochs=cfg.epochs, steps_per_epoch=len(batches),
                                 schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                                 milestones=cfg.milestones, gamma=cfg.gamma)
-
     history: list[dict] = []
-    start_epoch = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng_state(ckpt["rng"])
         history = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"])
-        log(f"resuming {cfg.out} after epoch {start_epoch}")
+        log(f"resuming {cfg.out} after epoch {int(ckpt['epoch'])}")
 
-    # Saved without the one-off actions, so config.yaml can be re-run as it is.
-    resolved = dataclasses.replace(cfg, resume=False, overwrite=False).to_dict()
-    data_info = {"in_shape": list(splits.in_shape), "num_classes": splits.num_classes,
-                 "classes": list(splits.classes), "n_train": int(n_train),
-                 "n_test": int(x_test.shape[0])}
+    run_dir = RunDirectory(cfg.out, cfg.overwrite) if main else None
+    try:
+        if run_dir is not None:
+            run_dir.open(check=lambda: check_out_dir(cfg))
+        return _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, device,
+                    run_dir, callbacks, log, t_start)
+    finally:
+        if run_dir is not None:
+            run_dir.close()
+
+
+class _Fit:
+    """State of one fit shared by the loop's helpers (rank 0 writes through ``run_dir``)."""
+
+    def __init__(self, cfg, net, optimizer, scheduler, splits, run_dir, callbacks):
+        self.cfg, self.net, self.optimizer, self.scheduler = cfg, net, optimizer, scheduler
+        self.splits, self.run_dir, self.callbacks = splits, run_dir, callbacks
+        # saved without the one-off actions, so config.yaml can be re-run as it is
+        self.resolved = dataclasses.replace(cfg, resume=False, overwrite=False).to_dict()
+        self.data_info = {"in_shape": list(splits.in_shape), "num_classes": splits.num_classes,
+                          "classes": list(splits.classes), "n_train": int(splits.x_train.shape[0]),
+                          "n_val": 0 if splits.x_val is None else int(splits.x_val.shape[0]),
+                          "n_test": int(splits.x_test.shape[0])}
+
+    def checkpoint(self, name: str, history: list, epoch: int, extra: dict | None = None) -> None:
+        path = self.run_dir.file(os.path.join(CHECKPOINT_DIR, name))
+        save_checkpoint({
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "data_order": {"seed": self.cfg.seed, "next_epoch": epoch + 1,
+                           "generator": epoch_generator(self.cfg.seed, epoch + 1).get_state()},
+            "epoch": epoch,
+            "history": history,
+            "config": self.resolved,
+            "data": self.data_info,
+            "preprocessing": dict(self.splits.preprocessing),
+            **(extra or {}),
+        }, path, before_replace=lambda tmp: [cb.before_checkpoint_replace(path, tmp)
+                                             for cb in self.callbacks])
+
+
+def _is_better(value, best) -> bool:
+    return value is not None and (best is None or value > best)
+
+
+def _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, device, run_dir,
+         callbacks, log, t_start) -> dict:
+    main, world = run_dir is not None, udist.world_size()
+    fit = _Fit(cfg, net, optimizer, scheduler, splits, run_dir, callbacks)
     if main:
-        os.makedirs(os.path.join(cfg.out, CHECKPOINT_DIR), exist_ok=True)
-        if cfg.overwrite:
-            clear_run_files(cfg.out)
-            os.makedirs(os.path.join(cfg.out, CHECKPOINT_DIR), exist_ok=True)
-        save_yaml(resolved, os.path.join(cfg.out, "config.yaml"))
+        save_yaml(fit.resolved, run_dir.file("config.yaml"))
         # The checkpoint's history is authoritative: drop lines of epochs it does not hold.
-        atomic_write_jsonl(history, os.path.join(cfg.out, "metrics.jsonl"))
+        atomic_write_jsonl(history, run_dir.file("metrics.jsonl"))
     if world > 1:
         dist.barrier()
-
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -277,19 +409,20 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
     log(f"training {cfg.head} on {cfg.dataset} ({cfg.model}, feat_dim {cfg.feat_dim}) for "
         f"{cfg.epochs} epochs: {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch_size}"
         + (f", {world} processes" if world > 1 else ""))
-
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    has_val = splits.x_val is not None and len(splits.x_val) > 0
+    best_epoch, best_value = _best_so_far(history, cfg.select_metric)
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         try:
-            train_stats = _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train,
-                                       augment, epoch, steps_per_epoch, device, progress_on)
+            train_stats = _train_epoch(cfg, model, net, optimizer, scheduler, splits.x_train,
+                                       splits.y_train, augment, epoch, batches, device, progress_on)
             t_train = time.perf_counter() - t_epoch
             _broadcast_buffers(net)
             bad = non_finite_state(net)
             if bad is not None:
                 raise Diverged(f"parameter/buffer {bad!r} holds NaN/Inf after epoch {epoch}",
                                epoch=epoch, step=None, term=bad)
-            test = _evaluate_epoch(cfg, net, x_test, y_test, epoch)
+            val = _evaluate_split(cfg, net, splits.x_val, splits.y_val, epoch, "validation") if has_val else None
         except Diverged as exc:
             status, message = "diverged", str(exc)
             diverged_info = {"epoch": exc.epoch, "step": exc.step, "term": exc.term}
@@ -297,70 +430,130 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple) -> dict:
                       "lr": optimizer.param_groups[0]["lr"],
                       "time_s": time.perf_counter() - t_epoch}
             if main:
-                append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
+                append_jsonl(record, run_dir.file("metrics.jsonl"))
             log(f"DIVERGED: {message}. The last good checkpoint (epoch {epoch - 1}) is kept"
-                + (f" in {ckpt_path}" if epoch > 1 else "; none was written") + ".")
+                + (f" in {run_dir.file(os.path.join(CHECKPOINT_DIR, LAST_CHECKPOINT))}"
+                   if main and epoch > 1 else "; none was written") + ".")
             break
-        record = {
-            "epoch": epoch,
-            "status": "ok",
-            "lr": train_stats.pop("lr"),
-            "time_s": time.perf_counter() - t_epoch,
-            "train_time_s": t_train,
-            "train": train_stats,
-            "test": test,
-        }
+        record = {"epoch": epoch, "status": "ok", "lr": train_stats.pop("lr"),
+                  "time_s": time.perf_counter() - t_epoch, "train_time_s": t_train,
+                  "train": train_stats, "val": val}
         history.append(record)
+        improved = val is not None and _is_better(val.get(cfg.select_metric), best_value)
+        if improved:
+            best_epoch, best_value = epoch, val[cfg.select_metric]
         if main:
-            save_checkpoint({
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(),
-                "data_order": {"seed": cfg.seed, "next_epoch": epoch + 1,
-                               "generator": epoch_generator(cfg.seed, epoch + 1).get_state()},
-                "epoch": epoch,
-                "history": history,
-                "config": resolved,
-                "data": data_info,
-            }, ckpt_path, before_replace=lambda tmp: [cb.before_checkpoint_replace(ckpt_path, tmp)
-                                                     for cb in callbacks])
-            append_jsonl(record, os.path.join(cfg.out, "metrics.jsonl"))
+            if cfg.select_epoch == "best" and improved:
+                fit.checkpoint(BEST_CHECKPOINT, history, epoch)
+            fit.checkpoint(LAST_CHECKPOINT, history, epoch)
+            run_dir.committed()  # --overwrite: the new run now replaces the old one
+            append_jsonl(record, run_dir.file("metrics.jsonl"))
         if world > 1:
             dist.barrier()
-        log(f"epoch {epoch}/{cfg.epochs}  loss {train_stats['loss']:.4f}  sw {test['sw']:.4f}  "
-            f"uni {test['uni']:.4f}  t* {test['t_star'] if test['t_star'] is None else round(test['t_star'], 4)}"
-            + (f"  b {test['learned_threshold']:.4f}  uni@b {test['uni_at_learned']:.4f}"
-               if test.get("learned_threshold") is not None and test.get("uni_at_learned") is not None
-               else "")
-            + f"  lr {record['lr']:.3g}  {record['time_s']:.1f}s")
+        log(_epoch_line(cfg, epoch, train_stats, val, record))
         for cb in callbacks:
             cb.on_epoch_end(epoch, record)
 
-    final = dict(history[-1]["test"]) if history else {}
-    if history and status == "completed" and splits.x_unknown is not None and len(splits.x_unknown):
-        final.update(_open_set_final(cfg, net, splits))
-    summary = {
-        "status": status,
-        "message": message or f"completed {len(history)} epochs",
-        "epochs_completed": len(history),
-        "runtime_s": time.perf_counter() - t_start,
-        "final": final,
-        "config": resolved,
-        "out": cfg.out,
-    }
+    summary = {"status": status,
+               "message": message or f"completed {len(history)} epochs",
+               "epochs_completed": len(history), "select_epoch": cfg.select_epoch}
+    if history and status == "completed":
+        summary.update(_final_evaluation(fit, history, best_epoch, has_val, log))
+    summary.update({"runtime_s": time.perf_counter() - t_start, "config": fit.resolved,
+                    "out": cfg.out})
     if diverged_info is not None:
         summary["diverged"] = diverged_info
     if main:
-        atomic_write_json(summary, os.path.join(cfg.out, "summary.json"))
+        atomic_write_json(summary, run_dir.file("summary.json"))
     if world > 1:
         dist.barrier()
     return summary
 
 
+def _best_so_far(history: list, metric: str) -> tuple[int | None, float | None]:
+    best_epoch = best_value = None
+    for rec in history:
+        value = (rec.get("val") or {}).get(metric)
+        if _is_better(value, best_value):
+            best_epoch, best_value = rec["epoch"], value
+    return best_epoch, best_value
+
+
+def _epoch_line(cfg, epoch: int, train_stats: dict, val: dict | None, record: dict) -> str:
+    line = f"epoch {epoch}/{cfg.epochs}  loss {train_stats['loss']:.4f}"
+    if val is not None:
+        line += f"  val sw {100 * val['sw']:.2f}%  uni {100 * val['uni']:.2f}%"
+        if val.get("t_star") is not None:
+            line += f"  t* {val['t_star']:.4g}"
+        if val.get("learned_threshold") is not None and val.get("uni_at_learned") is not None:
+            line += f"  b {val['learned_threshold']:.4g}  uni@b {100 * val['uni_at_learned']:.2f}%"
+    return line + f"  lr {record['lr']:.3g}  {record['time_s']:.1f}s"
+
+
+def _final_evaluation(fit: _Fit, history: list, best_epoch, has_val: bool, log) -> dict:
+    """The test split, once: the kept model (SPEC §3.9), its deployed threshold (t* of the
+    validation split), per-class confusion, open-set keys, and the training class means
+    stored with the model (SPEC §2.9 ``centroid_cosine``)."""
+    from unimargin.metrics.confusion import per_class_summary, predictions
+    from unimargin.metrics.rejection import class_means as compute_class_means
+    from unimargin.metrics.uniform import uniform_accuracy
+
+    cfg, net, splits = fit.cfg, fit.net, fit.splits
+    selected = history[-1]["epoch"]
+    if cfg.select_epoch == "best" and best_epoch is not None and best_epoch != selected:
+        best_path = (fit.run_dir.file(os.path.join(CHECKPOINT_DIR, BEST_CHECKPOINT))
+                     if fit.run_dir is not None else None)
+        state = _load_best_state(best_path, cfg)
+        net.load_state_dict(state)
+        selected = best_epoch
+    deployed = None
+    if has_val:
+        _, val_scores = compute_outputs(net, net.head, splits.x_val, cfg.eval_batch_size,
+                                        distributed=True)
+        deployed = float(uniform_accuracy(val_scores, splits.y_val).threshold)
+    features, scores = compute_outputs(net, net.head, splits.x_test, cfg.eval_batch_size,
+                                       distributed=True)
+    check_eval_outputs(features, scores, selected, cfg.max_feature_norm, "test")
+    final = evaluate_outputs(features, scores, splits.y_test, net.head, deployed_threshold=deployed)
+    preds = predictions(scores, splits.y_test)
+    per_class = {"classes": [str(c) for c in splits.classes],
+                 **per_class_summary(splits.y_test, preds, splits.num_classes)}
+    train_features, _ = compute_outputs(net, net.head, splits.x_train, cfg.eval_batch_size,
+                                        distributed=True)
+    means = compute_class_means(train_features, splits.y_train, splits.num_classes).float()
+    if splits.x_unknown is not None and len(splits.x_unknown):
+        final.update(_open_set_final(cfg, net, splits, scores, deployed, means))
+    if fit.run_dir is not None:
+        # the kept model, its class means and the selection, in the file load_run reads
+        name = BEST_CHECKPOINT if cfg.select_epoch == "best" and best_epoch is not None else LAST_CHECKPOINT
+        entry = next(r for r in history if r["epoch"] == selected)
+        fit.checkpoint(name, history[:history.index(entry) + 1] if name == BEST_CHECKPOINT else history,
+                       selected, {"class_means": means, "selected_epoch": selected})
+    log(f"kept epoch {selected} ({cfg.select_epoch}); test sw {100 * final['sw']:.2f}%  "
+        f"uni {100 * final['uni']:.2f}%"
+        + (f"  deployed uni {100 * final['uni_deployed']:.2f}% (t* of validation)"
+           if final.get("uni_deployed") is not None else ""))
+    return {"selected_epoch": selected, "final": final,
+            "final_val": dict(next(r for r in history if r["epoch"] == selected).get("val") or {}),
+            "per_class": per_class,
+            "splits": {**{k: v for k, v in fit.data_info.items() if k.startswith("n_")},
+                       "n_unknown": 0 if splits.x_unknown is None else int(len(splits.x_unknown))}}
+
+
+def _load_best_state(path: str | None, cfg) -> dict:
+    """The best epoch's model state (rank 0 reads it; other processes receive it)."""
+    state = load_checkpoint(path)["model"] if path is not None else None
+    if udist.is_distributed():
+        box = [state]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    return state
+
+
 def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augment, epoch,
-                 steps_per_epoch, device, progress_on) -> dict:
-    """One pass over the training data; returns sample-weighted mean loss and terms."""
+                 batches, device, progress_on) -> dict:
+    """One pass over the training data (``batches`` from :func:`plan_batches`); returns the
+    sample-weighted mean loss and terms."""
     rank, world = udist.rank(), udist.world_size()
     order = torch.randperm(x_train.shape[0], generator=epoch_generator(cfg.seed, epoch))
     aug_gen = epoch_generator(cfg.seed, epoch, STREAM_AUGMENT, rank)
@@ -369,9 +562,9 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
     term_sums: dict[str, torch.Tensor] = {}
     count = 0
     lr_at_start = optimizer.param_groups[0]["lr"]
-    steps = _progress(range(steps_per_epoch), steps_per_epoch, progress_on, f"epoch {epoch}")
+    steps = _progress(range(len(batches)), len(batches), progress_on, f"epoch {epoch}")
     for step in steps:
-        batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        batch = order[batches[step][0]:batches[step][1]]
         if world > 1:
             # Contiguous 1/P share of the *global* batch: P processes together see exactly
             # the batches one process would.
@@ -411,28 +604,25 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
             "lr": lr_at_start}
 
 
-def _evaluate_epoch(cfg, net, x_test, y_test, epoch: int) -> dict:
-    features, scores = compute_outputs(net, net.head, x_test, cfg.eval_batch_size, distributed=True)
-    check_eval_outputs(features, scores, epoch, cfg.max_feature_norm, "test")
-    return evaluate_outputs(features, scores, y_test, net.head)
+def _evaluate_split(cfg, net, x, y, epoch: int, split: str) -> dict:
+    features, scores = compute_outputs(net, net.head, x, cfg.eval_batch_size, distributed=True)
+    check_eval_outputs(features, scores, epoch, cfg.max_feature_norm, split)
+    return evaluate_outputs(features, scores, y, net.head)
 
 
-def _open_set_final(cfg, net, splits) -> dict:
-    """Open-set keys (SPEC §3.7) of the trained net: rejection at the threshold chosen on the
-    validation split (learned threshold, else t* of validation; the test split only when the
-    run has no validation split), verification on the unknown classes."""
-    from unimargin.metrics.evaluate import choose_threshold, open_set_metrics
+def _open_set_final(cfg, net, splits, test_scores, deployed, class_means) -> dict:
+    """Open-set keys (SPEC §3.7) of the kept net: rejection at the threshold chosen on the
+    validation split (the learned threshold, else t* of validation; without a validation
+    split only a learned threshold can be used), verification on the unknown classes."""
+    from unimargin.metrics.evaluate import learned_threshold, open_set_metrics
 
-    if splits.x_val is not None and len(splits.x_val):
-        _, val_scores = compute_outputs(net, net.head, splits.x_val, cfg.eval_batch_size,
-                                        distributed=True)
-        threshold, source = choose_threshold(net.head, val_scores, splits.y_val, "validation")
-    else:
-        threshold = source = None
-    _, test_scores = compute_outputs(net, net.head, splits.x_test, cfg.eval_batch_size,
-                                     distributed=True)
-    if threshold is None:
-        threshold, source = choose_threshold(net.head, test_scores, splits.y_test, "test")
+    learned = learned_threshold(net.head)
+    if learned is not None:
+        threshold, source = learned, "learned"
+    elif deployed is not None:
+        threshold, source = deployed, "t* (validation)"
+    else:  # never a threshold chosen on the test split
+        threshold, source = float("-inf"), "none (no validation split): nothing rejected"
     uf, us = compute_outputs(net, net.head, splits.x_unknown, cfg.eval_batch_size, distributed=True)
     return open_set_metrics(net.head, test_scores, splits.y_test, uf, us, splits.y_unknown,
                             threshold, source)

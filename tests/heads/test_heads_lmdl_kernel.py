@@ -16,6 +16,7 @@ import torch
 
 from unimargin import build_head
 from unimargin._native import lmdl_kernel
+from unimargin._native.build import find_compiler
 from unimargin.heads.lmdl import lmdl_fused_step
 
 
@@ -213,7 +214,7 @@ def fresh_kernel_state(monkeypatch, tmp_path):
     saved = dict(lmdl_kernel._state)
     monkeypatch.setenv("UNIMARGIN_CACHE", str(tmp_path / "cache"))
     lmdl_kernel.reset()
-    yield tmp_path / "cache"
+    yield tmp_path / "cache" / "native"
     lmdl_kernel._state.update(saved)
 
 
@@ -225,7 +226,9 @@ def test_build_is_cached_and_reused(fresh_kernel_state):
     lmdl_kernel.reset()
     assert lmdl_kernel.load() is not None
     assert built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
-    assert list(fresh_kernel_state.iterdir()) == built  # no temporary files left behind
+    # no temporary files left behind: the library, its SHA-256 sidecar and its lock file
+    assert sorted(p.name for p in fresh_kernel_state.iterdir()) == [
+        built[0].name, built[0].name + ".lock", built[0].name + ".sha256"]
 
 
 def test_disabled_by_environment(fresh_kernel_state, monkeypatch):
@@ -247,7 +250,7 @@ def test_no_compiler_falls_back(fresh_kernel_state, monkeypatch):
 
 
 def test_failing_compiler_warns_and_falls_back(fresh_kernel_state, monkeypatch):
-    fake = fresh_kernel_state.parent / "fakecc"
+    fake = fresh_kernel_state.parent.parent / "fakecc"
     fake.write_text("#!/bin/sh\necho 'fake compiler' \"$@\" >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
@@ -260,7 +263,7 @@ def test_failing_compiler_warns_and_falls_back(fresh_kernel_state, monkeypatch):
 
 def test_source_compiles_without_warnings(tmp_path):
     # -Wall -Wextra with and without -march=native (the two builds load() may attempt)
-    compiler = lmdl_kernel.shutil.which(os.environ.get("CC", "cc")) or "cc"
+    compiler = find_compiler() or "cc"
     for extra in (lmdl_kernel.NATIVE_FLAGS, ()):
         run = subprocess.run([compiler, *lmdl_kernel.FLAGS, *extra, "-Wall", "-Wextra",
                               str(lmdl_kernel.SOURCE), "-o", str(tmp_path / "k.so"), "-lm"],

@@ -5,8 +5,10 @@ operations at 5–20 µs each, against ~20 for a plain linear + cross-entropy st
 file next to this module computes the same forward and hand-derived backward as
 :class:`unimargin.heads.lmdl.LMDLFusedStep` in a few passes over the batch. It is built on
 first use with the system C compiler (``$CC`` or ``cc``; ~1 s, needs neither Python nor
-torch headers) and cached in ``$UNIMARGIN_CACHE`` (default ``~/.cache/unimargin``) under
-a hash of the source, the flags, the compiler and the CPU.
+torch headers) by :func:`unimargin._native.build.load_native`, which caches it in
+``$UNIMARGIN_CACHE/native`` (default ``~/.cache/unimargin/native``, private to the user) under
+a hash of the source, the flags, the compiler and the CPU, and checks its owner, mode and
+SHA-256 before loading it.
 
 It is an accelerator only: the PyTorch code is the reference and the fallback. Without a
 compiler, on Windows, for tensors that are not float32/float64 on the CPU, for steps
@@ -18,20 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..cache import default_cache_dir
+from .build import load_native
 
 SOURCE = Path(__file__).with_name("lmdl_kernel.c")
 FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=fast")
@@ -43,11 +38,6 @@ DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
 _state: dict = {"lib": None, "status": None}
 _local = threading.local()  # disabled() nesting depth, per thread (like torch.no_grad)
-
-
-def enabled() -> bool:
-    """False when ``UNIMARGIN_CPU_KERNEL=0`` (or ``false``/``off``) is set."""
-    return os.environ.get("UNIMARGIN_CPU_KERNEL", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def status() -> str:
@@ -62,7 +52,8 @@ def load() -> ctypes.CDLL | None:
         return _state["lib"]
     with _lock:
         if _state["status"] is None:
-            _state["lib"], _state["status"] = _build_and_load()
+            _state["lib"], _state["status"] = load_native("lmdl_kernel", SOURCE, FLAGS, _declare,
+                                                          optional_flags=NATIVE_FLAGS)
     return _state["lib"]
 
 
@@ -80,70 +71,6 @@ def disabled():
         yield
     finally:
         _local.off -= 1
-
-
-def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
-    if not enabled():
-        return None, "disabled by UNIMARGIN_CPU_KERNEL=0"
-    if not sys.platform.startswith(("linux", "darwin")):
-        return None, f"no kernel build on platform {sys.platform!r}"
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        return None, "no C compiler found (set $CC)"
-    source = SOURCE.read_bytes()
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"C compiler {compiler} does not run: {err}"
-    key = hashlib.sha256(source + repr((FLAGS, NATIVE_FLAGS, compiler, version, _cpu_identity())).encode())
-    target = default_cache_dir() / f"lmdl_kernel-{key.hexdigest()[:16]}-{sys.platform}.so"
-    if not target.exists():
-        error = _compile(compiler, target, FLAGS + NATIVE_FLAGS) and _compile(compiler, target, FLAGS)
-        if error:
-            # a compiler that is present but fails is unexpected: say so once
-            warnings.warn(f"unimargin: building the lmdl CPU kernel failed, using the PyTorch "
-                          f"implementation instead: {error}", RuntimeWarning, stacklevel=3)
-            return None, f"build failed: {error}"
-    try:
-        lib = ctypes.CDLL(str(target))
-    except OSError as err:
-        return None, f"cannot load {target}: {err}"
-    _declare(lib)
-    return lib, f"compiled: {target}"
-
-
-def _cpu_identity() -> str:
-    """What distinguishes CPUs for ``-march=native`` (a cache shared by several machines)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            lines = [ln for ln in info if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        import platform
-
-        return platform.processor() + platform.machine()
-
-
-def _compile(compiler: str, target: Path, flags: tuple[str, ...]) -> str | None:
-    """Build ``target`` atomically (temporary file, then rename); an error message or None."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-    except OSError as err:
-        return f"cache directory {target.parent} is not writable ({err}); set UNIMARGIN_CACHE"
-    try:
-        cmd = [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if run.returncode != 0:
-            return f"{' '.join(cmd)} exited with {run.returncode}: {run.stderr.strip()[-2000:]}"
-        os.replace(tmp, target)  # concurrent builders (torchrun) each rename a complete file
-        return None
-    except (OSError, subprocess.SubprocessError) as err:
-        return str(err)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -125,6 +125,26 @@ def test_rejection_directions():
     _moves_the_declared_way(worse, better_known, ["known_accept_rate"])
 
 
+def test_per_score_rejection_directions():
+    """The suffixed keys of the other rejection scores (reject_auroc_energy, ...) are the
+    same figures of another score: rejection_metrics on that score moves the declared way."""
+    from unimargin.metrics.keys import rejection_key
+    from unimargin.metrics.rejection import REJECTION_SCORES, rejection_metrics
+
+    g = torch.Generator().manual_seed(6)
+    known, unknown = torch.randn(200, generator=g) + 2.0, torch.randn(150, generator=g)
+    correct = torch.ones(200, dtype=torch.bool)
+    worse = rejection_metrics(known, correct, unknown + 1.0, 1.0)
+    better = rejection_metrics(known, correct, unknown - 0.5, 1.0)
+    better_known = rejection_metrics(known + 1.0, correct, unknown + 1.0, 1.0)
+    for score in REJECTION_SCORES[1:]:
+        for field, b in (("auroc", better), ("open_set_accuracy", better),
+                         ("unknown_reject_rate", better), ("known_accept_rate", better_known)):
+            key = rejection_key(field, score)
+            assert HIGHER_IS_BETTER[key] is True and b[field] > worse[field], key
+            CHECKED.add(key)
+
+
 def test_deployed_uni_direction():
     # t* fitted on a validation split, applied to a better / worse separated test split
     from unimargin import build_head
@@ -144,7 +164,8 @@ def test_deployed_uni_direction():
 def test_every_direction_flag_is_checked_and_every_output_key_is_classified():
     for check in (test_deployed_uni_direction, test_compactness_directions, test_distinctiveness_directions,
                   test_uniformity_direction, test_uniform_directions, test_threshold_directions,
-                  test_verification_directions, test_rejection_directions):
+                  test_verification_directions, test_rejection_directions,
+                  test_per_score_rejection_directions):
         check()
     assert set(HIGHER_IS_BETTER) - NOT_FROM_A_METRIC == CHECKED
     s, y = _scores(1.0)

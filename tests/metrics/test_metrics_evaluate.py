@@ -152,3 +152,136 @@ def test_evaluate_model_per_class_is_nested_and_consistent_with_sw():
     assert cm.shape == (3, 4) and int(cm.sum()) == 90 and int(cm[:, 3].sum()) == 0
     assert int(cm.diagonal().sum()) / 90 == pytest.approx(out["sw"])
     assert len(pc["accuracy"]) == 3
+
+
+# ---------------------------------------------------------------- open set, every score
+def _open_set_data(seed=0, d_in=5, k=3):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k + 2, d_in, generator=g) * 2
+    def draw(n, classes):
+        y = torch.tensor([classes[i % len(classes)] for i in range(n)])
+        return centres[y] + torch.randn(n, d_in, generator=g), y
+    x_val, y_val = draw(60, list(range(k)))
+    x_test, y_test = draw(90, list(range(k)))
+    x_unk, y_unk = draw(40, [k, k + 1])
+    return x_val, y_val, x_test, y_test, x_unk, y_unk - k
+
+
+def _loop_reference(head, model, name, means, x_val, y_val, x_test, y_test, x_unk):
+    """Per-sample loops and sklearn: AUROC, threshold (validation), open-set accuracy."""
+    import math
+
+    from sklearn.metrics import roc_auc_score
+
+    with torch.no_grad():
+        def r_of(x):
+            f = model(x).double()
+            s = head.scores(model(x)).double()
+            rows = []
+            for i in range(len(x)):
+                if name == "max_score":
+                    rows.append(max(s[i].tolist()))
+                elif name == "energy":
+                    rows.append(math.log(sum(math.exp(v) for v in s[i].tolist())))
+                else:
+                    cos = [float(f[i] @ means[c].double() / (f[i].norm() * means[c].double().norm()))
+                           for c in range(len(means))]
+                    rows.append(max(cos))
+            return rows, s
+        val_r, val_s = r_of(x_val)
+        test_r, test_s = r_of(x_test)
+        unk_r, _ = r_of(x_unk)
+    if name == "max_score":
+        from unimargin.metrics import uniform_accuracy
+        t = float(head.threshold) if head.threshold is not None else \
+            uniform_accuracy(val_s, y_val).threshold
+    else:
+        v = sorted(set(val_r))
+        cand = [v[0] - 1] + [(a + b) / 2 for a, b in zip(v, v[1:])] + [v[-1] + 1]
+        t = max(c for c in cand if sum(r <= c for r in val_r) / len(val_r) <= 0.05)
+    correct = []
+    for i in range(len(x_test)):
+        row = test_s[i].tolist()
+        yi = int(y_test[i])
+        correct.append(all(row[yi] > row[c] for c in range(len(row)) if c != yi))
+    hits = sum(1 for r, c in zip(test_r, correct) if r > t and c) + sum(r <= t for r in unk_r)
+    auroc = roc_auc_score([1] * len(test_r) + [0] * len(unk_r), test_r + unk_r)
+    return auroc, t, hits / (len(test_r) + len(unk_r))
+
+
+@pytest.mark.parametrize("head_name", ["softmax", "cosface", "bce-u", "bce-d"])
+def test_evaluate_open_set_every_score_matches_loops_and_sklearn(head_name):
+    from unimargin.metrics.evaluate import evaluate_open_set
+    from unimargin.metrics.keys import KEYS, rejection_key
+    from unimargin.metrics.rejection import class_means
+
+    torch.manual_seed(0)
+    model, head = nn.Linear(5, 4), build_head(head_name, 3, 4)
+    x_val, y_val, x_test, y_test, x_unk, y_unk = _open_set_data()
+    x_fit, y_fit, *_ = _open_set_data(seed=1)
+    with torch.no_grad():
+        means = class_means(model(x_fit), y_fit, 3)
+    out = evaluate_open_set(model, head, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+                            x_unknown=x_unk, y_unknown=y_unk, class_means=means, batch_size=7)
+    assert set(out) <= set(KEYS), set(out) - set(KEYS)
+    assert out["verif_available"] is True and out["reject_n_unknown"] == 40
+    for name in ("max_score", "centroid_cosine", "energy"):
+        if name == "energy" and head_name.startswith("bce"):
+            assert all(out[rejection_key(f, name)] is None
+                       for f in ("auroc", "open_set_accuracy", "threshold"))
+            continue
+        auroc, t, acc = _loop_reference(head, model, name, means, x_val, y_val, x_test, y_test,
+                                        x_unk)
+        assert out[rejection_key("auroc", name)] == pytest.approx(auroc, abs=1e-9), name
+        assert out[rejection_key("threshold", name)] == pytest.approx(t, abs=1e-6), name
+        assert out[rejection_key("open_set_accuracy", name)] == pytest.approx(acc, abs=1e-12), name
+    expected_source = "learned" if head_name.startswith("bce") else "t* (validation)"
+    assert out["reject_threshold_source"] == expected_source
+
+
+def test_evaluate_open_set_reads_no_test_label_for_a_choice():
+    """Thresholds come from validation: random test labels change no threshold."""
+    from unimargin.metrics.evaluate import evaluate_open_set
+
+    torch.manual_seed(0)
+    model, head = nn.Linear(5, 4), build_head("softmax", 3, 4)
+    x_val, y_val, x_test, y_test, x_unk, y_unk = _open_set_data(seed=2)
+    means = torch.randn(3, 4)
+    kw = dict(x_val=x_val, y_val=y_val, x_test=x_test, x_unknown=x_unk, y_unknown=y_unk,
+              class_means=means)
+    a = evaluate_open_set(model, head, y_test=y_test, **kw)
+    b = evaluate_open_set(model, head, y_test=torch.randint(0, 3, y_test.shape), **kw)
+    for key in ("reject_threshold", "reject_threshold_energy", "reject_threshold_centroid_cosine",
+                "reject_auroc", "reject_auroc_energy", "reject_auroc_centroid_cosine"):
+        assert a[key] == b[key], key
+
+
+def test_evaluate_open_set_without_means_or_validation():
+    from unimargin.metrics.evaluate import evaluate_open_set
+
+    torch.manual_seed(0)
+    model, head = nn.Linear(5, 4), build_head("softmax", 3, 4)
+    x_val, y_val, x_test, y_test, x_unk, y_unk = _open_set_data(seed=3)
+    out = evaluate_open_set(model, head, x_val=None, y_val=None, x_test=x_test, y_test=y_test,
+                            x_unknown=x_unk, y_unknown=y_unk)
+    assert out["reject_auroc_centroid_cosine"] is None
+    assert out["reject_auroc"] is not None and out["reject_auroc_energy"] is not None
+    # no validation split: no threshold (the test split never chooses one)
+    assert out["reject_threshold"] is None and out["reject_open_set_accuracy"] is None
+    assert out["reject_threshold_energy"] is None
+    assert out["reject_threshold_source"] == "none (no validation split)"
+
+
+def test_evaluate_model_with_validation_gives_the_open_set_keys():
+    from unimargin.metrics.evaluate import evaluate_model, evaluate_open_set
+
+    torch.manual_seed(0)
+    model, head = nn.Linear(5, 4), build_head("lmdl", 3, 4)
+    x_val, y_val, x_test, y_test, x_unk, y_unk = _open_set_data(seed=4)
+    means = torch.randn(3, 4)
+    full = evaluate_model(model, head, x_test, y_test, x_unknown=x_unk, y_unknown=y_unk,
+                          x_val=x_val, y_val=y_val, class_means=means)
+    open_set = evaluate_open_set(model, head, x_val=x_val, y_val=y_val, x_test=x_test,
+                                 y_test=y_test, x_unknown=x_unk, y_unknown=y_unk,
+                                 class_means=means)
+    assert {k: full[k] for k in open_set} == open_set

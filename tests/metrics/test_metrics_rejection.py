@@ -103,3 +103,101 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="finite"):
         rejection_score("max_score", bad)
     assert needs_features("centroid_cosine") and not needs_features("energy")
+
+
+# ---------------------------------------------------------------- thresholds and figures
+def _brute_candidates(values):
+    v = sorted({float(x) for x in values if math.isfinite(float(x))})
+    return [v[0] - 1] + [(a + b) / 2 for a, b in zip(v, v[1:])] + [v[-1] + 1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.3, 1.0])
+def test_rate_thresholds_match_brute_force(seed, rate):
+    from unimargin.metrics.rejection import (threshold_for_accept_rate,
+                                             threshold_for_reject_rate)
+
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randint(-4, 5, (41,), generator=g).double() / 2  # many ties
+    cand = _brute_candidates(v.tolist())
+    n = len(v)
+    reject_ok = [t for t in cand if sum(float(x) <= t for x in v) / n <= rate]
+    accept_ok = [t for t in cand if sum(float(x) >= t for x in v) / n <= rate]
+    assert threshold_for_reject_rate(v, rate) == pytest.approx(max(reject_ok))
+    assert threshold_for_accept_rate(v, rate) == pytest.approx(min(accept_ok))
+
+
+def test_reject_rate_threshold_with_minus_infinity_can_be_unreachable():
+    from unimargin.metrics.rejection import threshold_for_reject_rate
+
+    v = torch.tensor([float("-inf")] * 3 + [1.0, 2.0], dtype=torch.float64)
+    assert threshold_for_reject_rate(v, 0.5) is None
+    assert threshold_for_reject_rate(v, 0.6) == pytest.approx(0.0)  # min - 1
+    with pytest.raises(ValueError, match="rate"):
+        threshold_for_reject_rate(v, 1.5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rejection_metrics_match_sklearn_and_a_loop(seed):
+    from sklearn.metrics import roc_auc_score
+
+    from unimargin.metrics.rejection import rejection_metrics
+
+    g = torch.Generator().manual_seed(seed)
+    kr = torch.randint(0, 6, (50,), generator=g).double()      # ties across known/unknown
+    ur = torch.randint(-2, 4, (23,), generator=g).double()
+    correct = torch.rand(50, generator=g) < 0.7
+    t = 1.5
+    out = rejection_metrics(kr, correct, ur, t)
+    ref_auc = roc_auc_score([1] * 50 + [0] * 23, torch.cat([kr, ur]).numpy())
+    assert out["auroc"] == pytest.approx(ref_auc, abs=1e-12)
+    hits = sum(1 for r, c in zip(kr.tolist(), correct.tolist()) if r > t and c)
+    hits += sum(1 for r in ur.tolist() if r <= t)
+    assert out["open_set_accuracy"] == pytest.approx(hits / 73)
+    assert out["known_accept_rate"] == pytest.approx(sum(r > t for r in kr.tolist()) / 50)
+    assert out["unknown_reject_rate"] == pytest.approx(sum(r <= t for r in ur.tolist()) / 23)
+    free = rejection_metrics(kr, correct, ur, None)
+    assert free["auroc"] == out["auroc"] and free["open_set_accuracy"] is None
+
+
+def test_rejection_metrics_bad_inputs():
+    from unimargin.metrics.rejection import rejection_metrics
+
+    kr, ur = torch.randn(5), torch.randn(3)
+    with pytest.raises(ValueError, match="known_correct"):
+        rejection_metrics(kr, torch.ones(4, dtype=torch.bool), ur, 0.0)
+    with pytest.raises(ValueError, match="known_correct"):
+        rejection_metrics(kr, torch.ones(5), ur, 0.0)
+    with pytest.raises(ValueError, match="unknown_r is empty"):
+        rejection_metrics(kr, torch.ones(5, dtype=torch.bool), torch.zeros(0), 0.0)
+    with pytest.raises(ValueError, match="threshold must be finite"):
+        rejection_metrics(kr, torch.ones(5, dtype=torch.bool), ur, float("nan"))
+
+
+def test_max_score_rejection_is_open_set_rejection():
+    """One home: verification.open_set_rejection is rejection_metrics on max_score."""
+    from unimargin.metrics import open_set_rejection
+    from unimargin.metrics.rejection import rejection_metrics
+
+    s, _, y = _data(seed=4)
+    us = torch.randn(12, 5) * 3
+    ref = open_set_rejection(s, y, us, 0.7)
+    p = s.gather(1, y[:, None])[:, 0]
+    rest = s.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    out = rejection_metrics(s.amax(dim=1), p > rest, us.amax(dim=1), 0.7)
+    assert out == ref
+
+
+def test_energy_is_defined_for_softmax_heads_only():
+    from unimargin import build_head
+    from unimargin.metrics.rejection import check_score_for_head, score_defined
+
+    for name in ("softmax", "center", "lmdl", "normface", "cosface", "arcface"):
+        head = build_head(name, 3, 4)
+        assert head.softmax_scores and score_defined("energy", head)
+    for name in ("bce-u", "bce-d"):
+        head = build_head(name, 3, 4)
+        assert not head.softmax_scores and not score_defined("energy", head)
+        assert score_defined("centroid_cosine", head) and score_defined("max_score", head)
+        with pytest.raises(ValueError, match="softmax cross-entropy only"):
+            check_score_for_head("energy", head)

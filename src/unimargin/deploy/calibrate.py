@@ -42,7 +42,9 @@ from dataclasses import dataclass
 import torch
 
 from unimargin.metrics import positive_negative, uniform_accuracy
-from unimargin.metrics.rejection import check_rejection_score, needs_features, rejection_score
+from unimargin.metrics.rejection import (check_rejection_score, needs_features, rejection_score,
+                                         threshold_candidates, threshold_for_accept_rate,
+                                         threshold_for_reject_rate)
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = "unimargin-calibration"
@@ -178,18 +180,9 @@ def outcomes(rejection: str, scores, labels, features=None, class_means=None,
 
 
 def _candidates(out: Outcomes) -> torch.Tensor:
-    """Midpoints of consecutive distinct finite values, plus min − 1 and max + 1."""
+    """Every threshold that can change a validation figure (p, n and unknown scores)."""
     parts = [out.p, out.n] + ([out.unknown] if out.unknown is not None else [])
-    v = torch.cat(parts)
-    v = torch.unique(v[torch.isfinite(v)])  # sorted
-    if v.numel() == 0:
-        return torch.zeros(1, dtype=torch.float64)
-    return torch.cat([v[:1] - 1.0, 0.5 * (v[1:] + v[:-1]), v[-1:] + 1.0])
-
-
-def _count_at_most(sorted_values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """#{v ≤ t} for each t (sorted_values ascending)."""
-    return torch.searchsorted(sorted_values, t, right=True)
+    return threshold_candidates(*parts)
 
 
 def select_threshold(objective, out: Outcomes, t_star: float | None = None) -> float:
@@ -199,7 +192,8 @@ def select_threshold(objective, out: Outcomes, t_star: float | None = None) -> f
     :func:`unimargin.metrics.uniform_accuracy`). ``far=α`` uses FAR_unknown when
     ``out.unknown`` is given, else the known-class FAR. Raises ValueError when no candidate
     meets an ``frr`` target (possible only for scores other than max_score, whose FRR counts
-    misclassified samples).
+    misclassified samples). The sorting itself is :mod:`unimargin.metrics.rejection`'s
+    (shared with the open-set evaluation).
     """
     kind, rate = parse_objective(objective) if isinstance(objective, str) else objective
     if kind == "uni":
@@ -208,22 +202,16 @@ def select_threshold(objective, out: Outcomes, t_star: float | None = None) -> f
         return float(t_star)
     cand = _candidates(out)
     if kind == "far":
-        if out.unknown is not None:
-            neg, total = torch.sort(out.unknown).values, out.unknown.numel()
-        else:
-            neg, total = torch.sort(out.n).values, out.n.numel()
-        # candidates never equal a value, so #{v >= c} = #{v > c} = total − #{v <= c}
-        rate_at = (total - _count_at_most(neg, cand)).to(torch.float64) / total
-        feasible = rate_at <= rate  # FAR falls as t grows: the last candidate is always feasible
-        return float(cand[int(torch.nonzero(feasible)[0])])
-    pos, total = torch.sort(out.p).values, out.p.numel()
-    rate_at = _count_at_most(pos, cand).to(torch.float64) / total
-    feasible = torch.nonzero(rate_at <= rate).flatten()
-    if feasible.numel() == 0:
+        # FAR falls as t grows: the last candidate is always feasible
+        return threshold_for_accept_rate(out.unknown if out.unknown is not None else out.n,
+                                         rate, cand)
+    t = threshold_for_reject_rate(out.p, rate, cand)
+    if t is None:
+        lowest = float((out.p <= cand[0]).double().mean())
         raise ValueError(f"objective frr={rate:g} is not reachable on the validation split: even "
-                         f"accepting every sample FRR = {float(rate_at[0]):.4f} (with this "
+                         f"accepting every sample FRR = {lowest:.4f} (with this "
                          f"rejection score misclassified samples count as false rejects)")
-    return float(cand[int(feasible[-1])])
+    return t
 
 
 def _rate(k: int, n: int) -> dict:

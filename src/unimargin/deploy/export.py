@@ -64,8 +64,8 @@ class InferenceGraph(nn.Module):
 
     def forward(self, x: torch.Tensor):
         f = self.model(x).float()
-        # Head._raw_scores is Head.scores minus input validation (data-dependent checks).
-        s = self.head._raw_scores(f).float()
+        # the validated Head.scores has data-dependent checks that cannot be traced
+        s = self.head.scores_unchecked(f).float()
         r = rejection_score_unchecked(self.rejection, s, f, self.class_means)
         pred = s.argmax(dim=1)
         label = torch.where(r > self.threshold, pred, torch.full_like(pred, -1))

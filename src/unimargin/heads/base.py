@@ -118,6 +118,14 @@ class Head(nn.Module):
         """Learned unified threshold in score units (None: the head has none)."""
         return None
 
+    @property
+    def softmax_scores(self) -> bool:
+        """True when S are the logits of a softmax trained by cross-entropy, so the energy
+        rejection score logsumexp_k S is defined (SPEC §2.9 "CE heads"). Default: the heads
+        without a learned unified threshold; the sigmoid heads (bce-u, bce-d) have one and
+        no softmax. A plugin head overrides this when the default is wrong for it."""
+        return self.threshold is None
+
     # ------------------------------------------------------------------ validation
     def check_features(self, features, arg: str = "features") -> None:
         if not isinstance(features, Tensor):
@@ -185,6 +193,13 @@ class Head(nn.Module):
         if torch.is_autocast_enabled(features.device.type):
             with torch.autocast(device_type=features.device.type, enabled=False):
                 return self._raw_scores(features)
+        return self._raw_scores(features)
+
+    def scores_unchecked(self, features: Tensor) -> Tensor:
+        """:meth:`scores` without the input validation and dtype cast: the bare score
+        formula, traceable by torch.export / ONNX (the finiteness check synchronises on
+        the data). The caller guarantees finite (N, feat_dim) features of the head's dtype
+        (unimargin.deploy.export's inference graph)."""
         return self._raw_scores(features)
 
     @torch.no_grad()

@@ -8,7 +8,10 @@ and the threshold choice. Used by the engine (per epoch and the final test evalu
 - :func:`choose_threshold`: the head's learned threshold when it has one, else t* of the
   given split — callers pass the *validation* split, never the test split (§2.9, §3.9).
 - :func:`open_set_metrics`: verification (``verif_*``) on unknown-class features and
-  rejection (``reject_*``) of unknown samples (§3.7).
+  rejection (``reject_*``) of unknown samples by the max score (§3.7).
+- :func:`evaluate_open_set`: what the engine records at the end of training — verification
+  and, for every rejection score (``max_score``, ``centroid_cosine``, ``energy``; §2.9),
+  rejection AUROC and open-set accuracy at a threshold chosen on validation.
 - :func:`evaluate_model`: all of the above for one model and one split, optionally with
   the nested ``per_class`` entry (accuracy per class, confusion matrix, worst confused
   pairs; :mod:`unimargin.metrics.confusion`).
@@ -17,6 +20,7 @@ and the threshold choice. Used by the engine (per epoch and the final test evalu
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -25,8 +29,11 @@ from unimargin import distributed as udist
 
 from .confusion import per_class_summary, predictions
 from .geometry import feature_geometry
-from .keys import flat_key
-from .uniform import separability_auc, uniform_accuracy
+from .keys import flat_key, rejection_key
+from .rejection import (OPEN_SET_KNOWN_REJECT_RATE, REJECTION_SCORES, needs_features,
+                        rejection_metrics, rejection_score, score_defined,
+                        threshold_for_reject_rate)
+from .uniform import positive_negative, separability_auc, uniform_accuracy
 from .verification import VERIFICATION_FIELDS, open_set_rejection, verification
 
 
@@ -118,15 +125,9 @@ def choose_threshold(head: nn.Module, scores: torch.Tensor, labels: torch.Tensor
     return float(uniform_accuracy(scores, labels).threshold), f"t* ({split})"
 
 
-def open_set_metrics(head: nn.Module, known_scores: torch.Tensor, known_labels: torch.Tensor,
-                     unknown_features: torch.Tensor, unknown_scores: torch.Tensor,
-                     unknown_labels: torch.Tensor, threshold: float | None = None,
-                     threshold_source: str | None = None) -> dict:
-    """SPEC §3.7 on held-out classes: verification (``verif_*``) of unknown-class feature
-    pairs and rejection (``reject_*``) of unknown samples by max-score thresholding at
-    ``threshold`` (default :func:`choose_threshold` on the known scores given). With fewer
-    than 2 unknown classes no impostor pair exists: ``verif_available`` is False and the
-    verification keys are None; rejection is still computed."""
+def _verification_keys(unknown_features: torch.Tensor, unknown_labels: torch.Tensor) -> dict:
+    """``verif_*`` of unknown-class feature pairs; None-valued (``verif_available`` False)
+    with fewer than 2 unknown classes (no impostor pair exists)."""
     out: dict = {}
     n_unknown_classes = int(torch.unique(unknown_labels).numel()) if unknown_labels.numel() else 0
     out["verif_available"] = n_unknown_classes >= 2
@@ -135,6 +136,20 @@ def open_set_metrics(head: nn.Module, known_scores: torch.Tensor, known_labels: 
             out[flat_key("verification", key)] = value
     else:
         out.update({flat_key("verification", key): None for key in VERIFICATION_FIELDS})
+    return out
+
+
+def open_set_metrics(head: nn.Module, known_scores: torch.Tensor, known_labels: torch.Tensor,
+                     unknown_features: torch.Tensor, unknown_scores: torch.Tensor,
+                     unknown_labels: torch.Tensor, threshold: float | None = None,
+                     threshold_source: str | None = None) -> dict:
+    """SPEC §3.7 on held-out classes: verification (``verif_*``) of unknown-class feature
+    pairs and rejection (``reject_*``) of unknown samples by max-score thresholding at
+    ``threshold`` (default :func:`choose_threshold` on the known scores given). With fewer
+    than 2 unknown classes no impostor pair exists: ``verif_available`` is False and the
+    verification keys are None; rejection is still computed. The per-score keys of the
+    other rejection scores come from :func:`evaluate_open_set`."""
+    out = _verification_keys(unknown_features, unknown_labels)
     if threshold is None:
         threshold, threshold_source = choose_threshold(head, known_scores, known_labels)
     rejection = open_set_rejection(known_scores, known_labels, unknown_scores, threshold)
@@ -145,23 +160,130 @@ def open_set_metrics(head: nn.Module, known_scores: torch.Tensor, known_labels: 
     return out
 
 
+class _Outputs(NamedTuple):
+    """Features, scores and labels of one evaluated split."""
+
+    features: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+
+def _rejection_threshold(name: str, head: nn.Module, val_r: torch.Tensor | None,
+                         val: _Outputs | None) -> tuple[float | None, str]:
+    """(threshold, source) of rejection score ``name``, from the validation split only.
+
+    ``max_score``: :func:`choose_threshold` (the learned threshold, else t* of validation;
+    SPEC §2.9). Other scores have no learned counterpart and no per-class t*: the largest
+    threshold that rejects at most :data:`~unimargin.metrics.rejection.
+    OPEN_SET_KNOWN_REJECT_RATE` (5%) of the known validation samples (the 95%-TPR point of
+    out-of-distribution detection; exact, the sorting of deploy.calibrate's objectives).
+    Without a validation split only a learned threshold exists, else (None, reason).
+    """
+    if name == "max_score":
+        if val is not None:
+            return choose_threshold(head, val.scores, val.labels)
+        learned = learned_threshold(head)
+        if learned is not None:
+            return learned, "learned"
+        return None, "none (no validation split)"
+    if val_r is None:
+        return None, "none (no validation split)"
+    t = threshold_for_reject_rate(val_r, OPEN_SET_KNOWN_REJECT_RATE)
+    return t, f"known reject rate {OPEN_SET_KNOWN_REJECT_RATE:g} (validation)"
+
+
+def _score_of(name: str, out: _Outputs, means) -> torch.Tensor:
+    return rejection_score(name, out.scores, out.features, means)
+
+
+def open_set_score_keys(head: nn.Module, name: str, *, test: _Outputs, unknown: _Outputs,
+                        val: _Outputs | None = None, class_means=None) -> dict:
+    """The ``reject_*`` keys of one rejection score (SPEC §2.9, §3.7; flat names from
+    :func:`~unimargin.metrics.keys.rejection_key`): AUROC of known-test vs unknown samples
+    (threshold-free), and at the validation threshold of :func:`_rejection_threshold` the
+    open-set accuracy, known accept and unknown reject rates. None-valued when the score is
+    undefined here: ``energy`` for a head without softmax logits (bce-u, bce-d; SPEC §2.9
+    "CE heads"), ``centroid_cosine`` without the training ``class_means``."""
+    fields = ("auroc", "open_set_accuracy", "known_accept_rate", "unknown_reject_rate",
+              "threshold")
+    if not score_defined(name, head) or (needs_features(name) and class_means is None):
+        return {rejection_key(f, name): None for f in fields}
+    val_r = _score_of(name, val, class_means) if val is not None else None
+    threshold, source = _rejection_threshold(name, head, val_r, val)
+    p, n = positive_negative(test.scores, test.labels)
+    figures = rejection_metrics(_score_of(name, test, class_means), p > n,
+                                _score_of(name, unknown, class_means), threshold)
+    figures["threshold"] = threshold
+    out = {rejection_key(f, name): figures[f] for f in fields}
+    if name == "max_score":
+        out.update(reject_n_known=figures["n_known"], reject_n_unknown=figures["n_unknown"],
+                   reject_threshold_source=source)
+    return out
+
+
+def evaluate_open_set(model: nn.Module, head: nn.Module, *, x_val, y_val, x_test, y_test,
+                      x_unknown, y_unknown, class_means=None, batch_size: int = 256,
+                      distributed: bool = False) -> dict:
+    """The open-set keys of a trained model (SPEC §2.9, §3.7), every choice on validation.
+
+    - ``verif_*``: verification of unknown-class feature pairs (:func:`open_set_metrics`).
+    - For each rejection score of :data:`~unimargin.metrics.rejection.REJECTION_SCORES`
+      (``max_score`` keys unsuffixed: ``reject_auroc``, ``reject_open_set_accuracy``, ...;
+      the others suffixed: ``reject_auroc_energy``, ``reject_threshold_centroid_cosine``,
+      ...): rejection AUROC of the known test samples vs the unknown samples, and the
+      open-set accuracy at the threshold chosen on ``x_val``/``y_val`` (known classes) by
+      :func:`open_set_score_keys`. ``centroid_cosine`` uses ``class_means`` (K×d, the
+      *training* features' class means; None -> its keys are None).
+
+    ``x_val`` may be None (a run without validation split): AUROC is still reported, the
+    thresholds only where the head has a learned one. Test data never chooses anything.
+    """
+    def outputs(x, y):
+        f, s = compute_outputs(model, head, x, batch_size, distributed=distributed)
+        return _Outputs(f, s, torch.as_tensor(y).long())
+
+    val = outputs(x_val, y_val) if x_val is not None and len(x_val) else None
+    return _open_set_keys(head, outputs(x_test, y_test), outputs(x_unknown, y_unknown), val,
+                          class_means)
+
+
+def _open_set_keys(head, test: _Outputs, unknown: _Outputs, val: _Outputs | None,
+                   class_means) -> dict:
+    out = _verification_keys(unknown.features, unknown.labels)
+    for name in REJECTION_SCORES:
+        out.update(open_set_score_keys(head, name, test=test, unknown=unknown, val=val,
+                                       class_means=class_means))
+    return out
+
+
 def evaluate_model(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                    x_unknown: torch.Tensor | None = None, y_unknown: torch.Tensor | None = None,
                    threshold: float | None = None, threshold_source: str | None = None,
                    deployed_threshold: float | None = None, batch_size: int = 256,
-                   distributed: bool = False, per_class: bool = False) -> dict:
+                   distributed: bool = False, per_class: bool = False,
+                   x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
+                   class_means: torch.Tensor | None = None) -> dict:
     """Closed-set keys of ``x``, ``y`` plus, when unknown-class data is given, the open-set
-    keys (rejection at ``threshold``, default :func:`choose_threshold` on ``x`` itself —
-    pass the validation threshold when ``x`` is the test split). With ``per_class=True``
-    also ``out["per_class"]`` = :func:`~unimargin.metrics.confusion.per_class_summary` of
-    the closed-set predictions (top class, ties wrong as in SW): a nested entry, not a
-    flat key."""
+    keys. With the validation split (``x_val``, ``y_val``) they are those of
+    :func:`evaluate_open_set` (every rejection score, thresholds chosen on validation;
+    ``class_means`` for ``centroid_cosine``); without it, max-score rejection at
+    ``threshold`` (default :func:`choose_threshold` on ``x`` itself — pass the validation
+    threshold when ``x`` is the test split). With ``per_class=True`` also
+    ``out["per_class"]`` = :func:`~unimargin.metrics.confusion.per_class_summary` of the
+    closed-set predictions (top class, ties wrong as in SW): a nested entry, not a flat
+    key."""
     features, scores = compute_outputs(model, head, x, batch_size, distributed=distributed)
     out = evaluate_outputs(features, scores, y, head, deployed_threshold=deployed_threshold)
     if per_class:
         out["per_class"] = per_class_summary(y, predictions(scores, y), int(scores.shape[1]))
     if x_unknown is not None and y_unknown is not None and len(x_unknown) > 0:
         uf, us = compute_outputs(model, head, x_unknown, batch_size, distributed=distributed)
-        out.update(open_set_metrics(head, scores, y, uf, us, y_unknown, threshold,
-                                    threshold_source))
+        if x_val is not None and y_val is not None and len(x_val) > 0:
+            vf, vs = compute_outputs(model, head, x_val, batch_size, distributed=distributed)
+            out.update(_open_set_keys(head, _Outputs(features, scores, y),
+                                      _Outputs(uf, us, y_unknown), _Outputs(vf, vs, y_val),
+                                      class_means))
+        else:
+            out.update(open_set_metrics(head, scores, y, uf, us, y_unknown, threshold,
+                                        threshold_source))
     return out

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .rejection import REJECTION_SCORES
+
 Direction = Literal["higher", "lower"] | None
 
 
@@ -36,6 +38,28 @@ class MetricKey:
 def _k(name, direction, unit, label, description) -> MetricKey:
     return MetricKey(name, direction, unit, label, description)
 
+
+def rejection_key(field: str, score: str = "max_score") -> str:
+    """Flat key of an unknown-class rejection figure of one rejection score (SPEC §2.9):
+    ``reject_<field>`` for ``max_score`` (the keys recorded before the other scores
+    existed), ``reject_<field>_<score>`` otherwise (``reject_auroc_energy``)."""
+    return f"reject_{field}" if score == "max_score" else f"reject_{field}_{score}"
+
+
+# The figures recorded per rejection score other than max_score (unimargin.metrics.evaluate.
+# open_set_score_keys): field, direction, unit, label, description.
+_PER_SCORE = (
+    ("auroc", "higher", "", "rejection AUROC", "known-class test vs unknown-class samples, "
+     "threshold-free, SPEC §3.7"),
+    ("open_set_accuracy", "higher", "%", "open-set accuracy", "knowns correct and accepted + "
+     "unknowns rejected, at the threshold that rejects 5% of the known validation samples"),
+    ("known_accept_rate", "higher", "%", "known accept rate", "known test samples above that "
+     "threshold"),
+    ("unknown_reject_rate", "higher", "%", "unknown reject rate", "unknown samples at or below "
+     "that threshold"),
+    ("threshold", None, "score", "rejection threshold", "the largest threshold rejecting at most "
+     "5% of the known validation samples (never the test split)"),
+)
 
 _ALL = [
     # closed set: uniform classification (SPEC §3.1–§3.5)
@@ -113,10 +137,15 @@ _ALL = [
        "below the threshold, SPEC §2.9"),
     _k("reject_n_known", None, "count", "known samples", "known-class samples evaluated"),
     _k("reject_n_unknown", None, "count", "unknown samples", "unknown-class samples evaluated"),
-    _k("reject_threshold", None, "score", "rejection threshold", "threshold used for rejection, "
-       "chosen without the test split, SPEC §2.9"),
-    _k("reject_threshold_source", None, "", "threshold source", "how the rejection threshold was "
-       "chosen (learned / t* of validation)"),
+    _k("reject_threshold", None, "score", "rejection threshold", "threshold used for max-score "
+       "rejection, chosen without the test split (learned, else t* of validation), SPEC §2.9"),
+    _k("reject_threshold_source", None, "", "threshold source", "how the max-score rejection "
+       "threshold was chosen (learned / t* of validation)"),
+    *(_k(rejection_key(field, score), direction, unit, f"{label} ({score.replace('_', ' ')})",
+         f"{description} — rejection score {score}, SPEC §2.9 (None when undefined: energy for "
+         "heads without softmax logits, centroid_cosine without training class means)")
+      for score in REJECTION_SCORES if score != "max_score"
+      for field, direction, unit, label, description in _PER_SCORE),
     # nested (not a number): evaluate_model(..., per_class=True), unimargin.metrics.confusion
     _k("per_class", None, "", "per class", "nested entry: accuracy per class, confusion matrix "
        "(last column = rejected), worst confused pairs (issue 12)"),

@@ -17,6 +17,7 @@ import torch
 
 from . import _ranking
 from ._checks import check_labels, check_matrix, check_nonempty
+from .rejection import rejection_metrics
 from .uniform import _as_threshold, _positive_negative_unchecked
 
 DEFAULT_MAX_PAIRS = 2_000_000
@@ -166,17 +167,5 @@ def open_set_rejection(known_scores, known_labels, unknown_scores, threshold) ->
         raise ValueError("threshold is required (e.g. the head's learned threshold or t*)")
     t = _as_threshold(threshold)
     p, n = _positive_negative_unchecked(ks, ky)
-    m_known = torch.maximum(p, n).to(torch.float64)
-    m_unknown = us.amax(dim=1).to(torch.float64)
-    accepted = m_known > t
-    correct = accepted & (p > n)
-    rejected = m_unknown <= t
-    n_known, n_unknown = ks.shape[0], us.shape[0]
-    return {
-        "auroc": _ranking.auc(m_known, m_unknown),
-        "open_set_accuracy": (int(correct.sum()) + int(rejected.sum())) / (n_known + n_unknown),
-        "known_accept_rate": int(accepted.sum()) / n_known,
-        "unknown_reject_rate": int(rejected.sum()) / n_unknown,
-        "n_known": n_known,
-        "n_unknown": n_unknown,
-    }
+    # the figures of any rejection score live in one place (metrics.rejection)
+    return rejection_metrics(torch.maximum(p, n), p > n, us.amax(dim=1), t)

@@ -111,16 +111,36 @@ def test_bce_u_predict_threshold_options(tmp_path, inputs):
         assert torch.equal(_read_csv(tmp_path / "o.csv")[1], _read_csv(tmp_path / "default.csv")[1])
 
 
-def test_resume_flag_continues_a_run(tmp_path):
+def test_resume_flag_continues_a_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--head", "softmax", "--epochs", "1", "--out", str(out), *SMALL]) == 0
+    constant = ["--schedule", "constant", "--warmup-epochs", "0"]
+    assert main(["train", "--head", "softmax", "--epochs", "1", "--out", str(out), *constant, *SMALL]) == 0
     # Without --resume/--overwrite the run is protected (exit 2, nothing touched).
     before = (out / "checkpoints" / "last.pt").read_bytes()
     assert main(["train", "--head", "softmax", "--epochs", "2", "--out", str(out), *SMALL]) == 2
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
-    # --resume alone picks the rest of the options from the run's config.yaml.
+    # --resume alone picks the rest of the options from the run's config.yaml; a constant
+    # schedule does not depend on the number of epochs, so the run may be extended.
     assert main(["train", "--resume", "--epochs", "2", "--out", str(out)]) == 0
     assert load_run(out).epoch == 2
+    config = (out / "config.yaml").read_text()
+    assert "epochs: 2" in config
+    # ... but never shortened: config.yaml would then describe epochs that were not trained
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "1", "--out", str(out)]) == 2
+    assert "already trained 2 epochs" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == config and load_run(out).epoch == 2
+    # a cosine schedule spans the run's epochs: changing them on resume is refused
+    cosine = tmp_path / "cosine"
+    assert main(["train", "--head", "softmax", "--epochs", "1", "--out", str(cosine), *SMALL]) == 0
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(cosine)]) == 2
+    assert "cosine schedule over 1 epochs" in capsys.readouterr().err
+    # --resume where there is no checkpoint is an error, not a fresh start over old files
+    (cosine / "checkpoints" / "last.pt").unlink()
+    metrics = (cosine / "metrics.jsonl").read_text()
+    assert main(["train", "--resume", "--head", "softmax", "--epochs", "1", "--out", str(cosine), *SMALL]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert (cosine / "metrics.jsonl").read_text() == metrics
     assert main(["train", "--head", "softmax", "--epochs", "1", "--overwrite", "--out", str(out), *SMALL]) == 0
     assert load_run(out).epoch == 1
 

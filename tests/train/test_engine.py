@@ -12,6 +12,7 @@ import torch
 from unimargin.heads import HeadOutput
 from unimargin.train import (TrainConfig, compute_outputs, evaluate_outputs, load_run,
                              load_splits, train)
+from unimargin.metrics import uniform_accuracy
 from unimargin.train.guards import Diverged, check_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,18 +41,37 @@ def test_run_files_and_reload_reproduce_the_reported_metrics(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2] and all(r["status"] == "ok" for r in records)
     assert set(records[0]["train"]["terms"]) == {"ce", "compact", "margin", "reg"}
     for key in ("sw", "cw", "uni", "t_star", "sep_auc", "intra_class_distance", "centroid_margin_min"):
-        assert key in records[-1]["test"]
-    assert summary["final"] == records[-1]["test"]
+        assert key in records[-1]["val"]
+    assert all("test" not in r for r in records)     # the test split is evaluated once
+    assert summary["selected_epoch"] == 2 and summary["final_val"] == records[-1]["val"]
     with open(os.path.join(out, "summary.json")) as fh:
         assert json.load(fh)["final"] == summary["final"]
+    assert summary["splits"] == {"n_train": 384, "n_val": 399, "n_test": 200, "n_unknown": 0}
 
-    # The checkpoint holds exactly the evaluated state: recomputing gives the same numbers.
+    # The checkpoint holds exactly the evaluated state: recomputing gives the same numbers,
+    # on validation per epoch and on test at the end (deployed at validation t*).
     run = load_run(out)
     assert run.epoch == 2 and run.config.head == "lmdl" and len(run.history) == 2
+    assert run.selected_epoch == 2 and run.preprocessing["in_shape"] == [1, 40]
+    assert run.preprocessing["dataset"] == "mnist1d" and len(run.preprocessing["classes"]) == 10
     splits = load_splits(run.config)
+    _, val_scores = compute_outputs(run.model, run.head, splits.x_val)
+    val_features, _ = compute_outputs(run.model, run.head, splits.x_val)
+    assert evaluate_outputs(val_features, val_scores, splits.y_val, run.head) == records[-1]["val"]
+    t_val = uniform_accuracy(val_scores, splits.y_val).threshold
     features, scores = compute_outputs(run.model, run.head, splits.x_test)
-    again = evaluate_outputs(features, scores, splits.y_test, run.head)
+    again = evaluate_outputs(features, scores, splits.y_test, run.head, deployed_threshold=t_val)
     assert again == summary["final"]
+    assert again["uni_deployed"] == uniform_accuracy(scores, splits.y_test, threshold=t_val).uni_at_threshold
+    # class means of the training split, stored with the model (SPEC §2.9)
+    train_features, _ = compute_outputs(run.model, run.head, splits.x_train)
+    for c in range(10):
+        torch.testing.assert_close(run.class_means[c], train_features[splits.y_train == c].mean(0),
+                                   rtol=1e-5, atol=1e-5)
+    # per-class test confusion: rows sum to the class counts, diagonal / rows = accuracy
+    confusion = torch.tensor(summary["per_class"]["confusion"])
+    assert torch.equal(confusion.sum(1), torch.bincount(splits.y_test, minlength=10))
+    assert float(confusion.diagonal().sum()) / len(splits.y_test) == pytest.approx(again["sw"])
     # Independent check of sw: top-1 accuracy of the scores (ties count as wrong).
     top2 = scores.topk(2, dim=1)
     correct = (top2.indices[:, 0] == splits.y_test) & (top2.values[:, 0] > top2.values[:, 1])
@@ -125,18 +145,18 @@ def test_huge_lr_diverges_with_a_clear_outcome(tmp_path):
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     out = str(tmp_path / "run")
-    train(TrainConfig(head="lmdl", epochs=1, out=out, **SMALL))
+    common = dict(SMALL, head="lmdl", schedule="constant", warmup_epochs=0)
+    train(TrainConfig(epochs=1, out=out, **common))
     path = os.path.join(out, "checkpoints", "last.pt")
     good = open(path, "rb").read()
     # Continue for two more epochs with a feature-norm bound every feature violates.
-    summary = train(TrainConfig(head="lmdl", epochs=3, out=out, resume=True,
-                                max_feature_norm=1e-3, **SMALL))
+    summary = train(TrainConfig(epochs=3, out=out, resume=True, max_feature_norm=1e-3, **common))
     assert summary["status"] == "diverged"
     assert summary["diverged"] == {"epoch": 2, "step": 1, "term": "features"}
     assert "max_feature_norm" in summary["message"]
     assert open(path, "rb").read() == good
     assert load_run(out).epoch == 1
-    assert summary["final"] == _lines(os.path.join(out, "metrics.jsonl"))[0]["test"]
+    assert "final" not in summary      # a diverged run is not tested
 
 
 def test_loss_guard_names_the_non_finite_term():
@@ -180,8 +200,13 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         ha, hb = a["history"][0], b["history"][0]
         assert ha["train"]["loss"] == pytest.approx(hb["train"]["loss"], rel=1e-5)
         for key in ("sw", "uni", "sep_auc"):
-            assert ha["test"][key] == pytest.approx(hb["test"][key], abs=1e-6)
-        assert ha["test"]["n"] == hb["test"]["n"] == 200  # exact gather, no duplicates
+            assert ha["val"][key] == pytest.approx(hb["val"][key], abs=1e-6)
+        assert ha["val"]["n"] == hb["val"]["n"] == 399  # exact gather, no duplicates (10% of 4000, stratified)
+        fa, fb = (json.load(open(os.path.join(d, head, "summary.json")))["final"]
+                  for d in (ddp_out, single_out))
+        for key in ("sw", "uni", "uni_deployed", "sep_auc"):
+            assert fa[key] == pytest.approx(fb[key], abs=1e-6)
+        assert fa["n"] == fb["n"] == 200
 
 
 def test_data_conditions_change_the_training_split_only():

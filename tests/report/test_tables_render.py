@@ -13,7 +13,8 @@ from unimargin.report.plots import pca_2d
 from unimargin.report.records import RunOutputs, RunRecord
 from unimargin.report.render import Document, markdown_inline_to_html
 from unimargin.report.stats import paired_t_test
-from unimargin.report.tables import paired_for, paired_table, summary_for, summary_table
+from unimargin.report.tables import paired_table, summary_table
+from unimargin.report.verdict import paired_for, summary_for
 
 SEEDS = [0, 1, 2]
 HEADS = ["softmax", "lmdl", "bce-u"]
@@ -120,7 +121,8 @@ def test_compare_document_sections_markdown_and_html(tmp_path):
     )
     md_path, html_path = build_compare_document(result).write(tmp_path)
     markdown = md_path.read_text()
-    for section in ["## Verdict", "## Summary", "## Paired comparison with softmax", "## Learned threshold vs t*",
+    for section in ["## Verdict", "## Glossary", "## Summary", "## Separability and feature geometry",
+                    "## Paired comparison with softmax", "## Learned threshold vs t*",
                     "## Plots", "## Per-metric tables", "## Runtime", "## Diverged or failed runs",
                     "## Optimiser settings", "## Reproduce"]:
         assert section in markdown, section
@@ -136,7 +138,7 @@ def test_compare_document_sections_markdown_and_html(tmp_path):
     assert len(collector.images) == 4
     assert all(src.startswith("data:image/png;base64,") for src in collector.images)
     assert base64.b64decode(collector.images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Learned threshold vs t*" in collector.headings and collector.tables >= 10
+    assert "Learned threshold vs t*: deploying one threshold" in collector.headings and collector.tables >= 10
 
 
 def test_pca_matches_sklearn_up_to_sign():

@@ -15,27 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from unimargin.metrics.keys import KEYS
-
-from .records import RunOutputs, RunRecord, completed_runs
+from .glossary import CORE_KEYS, glossary_entries
+from .labels import metric_label
+from .records import RunOutputs, RunRecord, completed_runs, history_split, read_tuning
 from .render import Document
 from .tables import (
     PAIRED_METRICS,
+    confused_pairs_table,
     diverged_table,
-    format_p,
-    format_summary,
-    higher_is_better,
+    geometry_table,
     metric_keys,
-    metric_label,
-    paired_for,
+    open_set_tables,
     paired_table,
+    per_class_table,
     per_metric_table,
     runtime_table,
     settings_table,
-    summary_for,
     summary_table,
+    summed_confusion,
     threshold_table,
+    tuning_tables,
 )
+from .verdict import resolution_sentence, test_set_size, verdict_lines
 
 __all__ = [
     "CompareResult",
@@ -44,11 +45,6 @@ __all__ = [
     "settings_from_records",
     "add_run_footer",
 ]
-
-# Verification keys shown in the open-set table: the directed verif_* keys of the vocabulary.
-_OPEN_SET_VERIF_KEYS = [k for k, v in KEYS.items() if k.startswith("verif_") and v.direction]
-_OPEN_SET_REJECT_KEYS = ["reject_auroc", "reject_open_set_accuracy", "reject_known_accept_rate",
-                         "reject_unknown_reject_rate"]
 
 
 @dataclass
@@ -113,27 +109,36 @@ def _time_sentence(records: Sequence[RunRecord], wall_time_s: float) -> str:
     return text + "."
 
 
-def _sentence_for(result: CompareResult, head: str, key: str) -> str | None:
-    seeds, test = paired_for(result.records, head, result.baseline, key)
-    if test.n == 0:
-        return None
-    scale, unit = (100.0, " points") if key in ("sw", "cw", "uni", "uni_at_learned") else (1.0, "")
-    head_summary = summary_for(result.records, head, key)
-    base_summary = summary_for(result.records, result.baseline, key)
-    direction = higher_is_better(key)
-    p = test.t_p_value
-    if p is None:
-        significance = "one paired seed, no test"
-    elif p < 0.05:
-        significance = f"paired t p = {format_p(p)}, larger than seed noise"
+def _splits_text(result: CompareResult) -> str:
+    """"3601 train / 399 validation / 1000 test samples" from the records (issue-13 runs),
+    else the experiment's setup (older runs: no validation split)."""
+    splits = next((r.splits for r in completed_runs(result.records) if r.splits), None)
+    setup = result.setup
+    if splits:
+        text = f"{splits.get('n_train', '?')} train / {splits.get('n_val', '?')} validation / {splits.get('n_test', '?')} test samples"
+        n_unknown = splits.get("n_unknown")
     else:
-        significance = f"paired t p = {format_p(p)}, within seed noise"
-    delta = test.mean_difference * scale
-    better = "" if direction is None or delta == 0 else (" (better)" if (delta > 0) == direction else " (worse)")
-    return (f"`{head}` vs `{result.baseline}` on {metric_label(key)}: "
-            f"{format_summary(key, head_summary)} vs {format_summary(key, base_summary)}, "
-            f"mean Δ {delta:+.{2 if unit else 4}f}{unit}{better} over {test.n} paired seeds "
-            f"({significance}; sign-flip p = {format_p(test.sign_flip_p)}).")
+        text = f"{setup.get('n_train', '?')} train / {setup.get('n_test', '?')} test samples"
+        n_unknown = setup.get("n_unknown")
+    if n_unknown:
+        text += f", {n_unknown} samples of held-out classes {', '.join(result.unknown_class_names or [])}"
+    return text
+
+
+def _protocol_sentence(records) -> str:
+    """Which split each number of the report comes from (SPEC §3.9)."""
+    ok = completed_runs(records)
+    splits = {history_split(r.history) for r in ok} - {None}
+    selections = sorted({r.select_epoch for r in ok if r.select_epoch})
+    if splits == {"test"}:
+        return ("**Splits.** These runs predate the validation protocol (issue 13): their per-epoch "
+                "curves were measured on the test split and no threshold was chosen on validation data. "
+                "Every table is on the test split at the last epoch.")
+    epoch = (f"the epoch kept by `--select-epoch {'/'.join(selections)}`" if selections else "the kept epoch")
+    return (f"**Splits.** Every figure of the verdict and the tables is on the test split, evaluated once at "
+            f"{epoch}. The training curves, the epoch choice, the deployed threshold (t* of the validation "
+            "split) and any tuning use the validation split only; t* and Uni of the test split are "
+            "test-optimal (a property of the features, not something a deployment can reach).")
 
 
 def build_compare_document(result: CompareResult, plot_dir: str | Path | None = None) -> Document:
@@ -142,92 +147,117 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
 
     plot_dir = Path(plot_dir if plot_dir is not None else result.out)
     records = result.records
+    ok = completed_runs(records)
     doc = Document(f"unimargin compare: {', '.join(result.heads)} on {result.dataset}")
-    n_ok = len(completed_runs(records))
     setup = result.setup
+    n_seeds = len(result.seeds)
+    # batch None = chosen by the engine for the data size: the runs' resolved configs say what
+    batches = sorted({str(r.config.get("batch_size")) for r in ok if r.config.get("batch_size")})
+    batch = setup.get("batch_size") or ("/".join(batches) if batches else "auto")
     doc.paragraph(
         f"Dataset `{result.dataset}` ({setup.get('num_classes', len(result.class_names))} known classes, "
-        f"{setup.get('n_train', '?')} train / {setup.get('n_test', '?')} test samples"
-        + (f", {setup['n_unknown']} samples of held-out classes {', '.join(result.unknown_class_names or [])}"
-           if setup.get("n_unknown") else "")
-        + f"). Backbone `{setup.get('model', '?')}` with {setup.get('feat_dim', '?')}-d features, "
-        f"{result.epochs} epochs, batch {setup.get('batch_size', '?')}, seeds {', '.join(map(str, result.seeds))}. "
-        f"{n_ok} of {len(records)} runs completed. {_time_sentence(result.records, result.wall_time_s)}"
-    )
-    doc.paragraph(
-        "Every head trains the same backbone with the same data, epochs, batch size and seeds; "
-        "each uses its own recommended optimiser settings unless overridden (see *Optimiser "
-        "settings*). Means and standard deviations (sample std, ddof = 1) are over completed "
-        "seeds; diverged runs are listed and excluded. Paired tests compare each head with "
-        f"`{result.baseline}` seed by seed (two-sided paired t-test and exact sign-flip "
-        f"permutation test; with {len(result.seeds)} seeds the smallest possible sign-flip p is "
-        f"{2 / 2 ** len(result.seeds):.4g})."
-    )
+        f"{_splits_text(result)}). Backbone `{setup.get('model', '?')}` with {setup.get('feat_dim', '?')}-d "
+        f"features, {result.epochs} epochs, batch {batch}, seeds "
+        f"{', '.join(map(str, result.seeds))}; baseline `{result.baseline}`. {len(ok)} of {len(records)} runs "
+        f"completed. {_time_sentence(result.records, result.wall_time_s)}")
 
     doc.heading("Verdict")
-    sentences = []
-    for head in result.heads:
-        if head == result.baseline:
-            continue
-        for key in ("sw", "uni"):
-            sentence = _sentence_for(result, head, key)
-            if sentence:
-                sentences.append(sentence)
-    for head in result.heads:
-        loss = summary_for(records, head, "uni_loss_learned")
-        if loss.mean is not None:
-            sentences.append(
-                f"`{head}` learned threshold: Uni(t*) − Uni(t_l) = {format_summary('uni_loss_learned', loss)} points "
-                f"(on average {'within' if loss.mean <= 0.01 else 'more than'} 1 point of Uni at t*).")
-    doc.bullets(sentences or ["No paired comparison available (need the baseline and another head with completed runs)."])
+    groups = verdict_lines(records, result.heads, result.baseline)
+    for title, sentences in groups:
+        doc.heading(title, level=3)
+        doc.bullets(sentences)
+    if not groups:
+        doc.paragraph("No comparison available (no completed run).")
+    n_test = test_set_size(records, setup.get("n_test"))
+    doc.paragraph(
+        f"{resolution_sentence(n_test)} Rule ([SPEC §3.9](#glossary-rule)): better or worse only with at least "
+        f"3 paired seeds, a [Holm-adjusted](#glossary-holm) paired-t p < 0.05 and differences that are not "
+        f"identical on every seed; otherwise no detectable difference, with the [95% interval](#glossary-ci) "
+        f"of Δ showing how large a difference the {n_seeds} seed{'s' if n_seeds != 1 else ''} still allow"
+        + (f" (with {n_seeds} seeds the smallest possible [sign-flip p](#glossary-sign-flip) is "
+           f"{2 / 2 ** n_seeds:.4g})." if n_seeds >= 1 else "."))
+    doc.paragraph(_protocol_sentence(records))
+
+    doc.heading("Glossary")
+    doc.glossary([e for e in glossary_entries() if e.anchor not in _other_anchors(records)])
 
     doc.heading("Summary")
     doc.table(summary_table(records))
+    doc.heading("Separability and feature geometry")
+    doc.table(geometry_table(records))
 
     doc.heading(f"Paired comparison with {result.baseline}")
     doc.paragraph(
-        f"Δ = head − {result.baseline} on the same seed. Verdict 'better'/'worse' follows each "
-        "metric's direction; 'p < 0.05' refers to the paired t-test.")
+        f"Δ = head − {result.baseline} on the same seed, in the metric's unit (points for accuracies). "
+        "The call follows SPEC §3.9 (see the glossary); Holm adjusts the paired-t p over the heads "
+        "compared with the baseline on that metric.")
     available = set(metric_keys(records))
     for key in PAIRED_METRICS:
         if key in available:
             doc.heading(metric_label(key), level=3)
             doc.table(paired_table(records, key, result.baseline))
 
-    doc.heading("Learned threshold vs t*")
+    doc.heading("Learned threshold vs t*: deploying one threshold")
     doc.paragraph(
-        "SPEC §3.4: for heads with a learned unified threshold t_l (bce-u: its bias b; bce-d: 0) "
-        "Uni(t_l) is the uniform accuracy obtained by deploying t_l as is; Uni(t*) − Uni(t_l) is "
-        "the price of not tuning it (primary figure), |t_l − t*| and its fraction of the score "
-        "spread (median p − median n) are secondary (the optimal range of t can be wide).")
+        "SPEC §3.4, §3.8–§3.9. Uni at the test-optimal t* is the property metric of the papers; a deployment "
+        "cannot fit t* on its test data, so it uses the threshold chosen on the validation split (deployed Uni) "
+        "or, for bce-u/bce-d, the learned threshold as is. The gap to Uni(t*) is the price of deployment.")
     doc.table(threshold_table(records))
+
+    class_table = per_class_table(records)
+    if class_table is not None:
+        doc.heading("Per-class accuracy")
+        doc.table(class_table)
+        doc.table(confused_pairs_table(records))
+        confusions = [(h, *found) for h in result.heads
+                      if (found := summed_confusion(records, h)) is not None]
+        doc.image(plots.plot_confusion(confusions, plot_dir / "confusion.png"),
+                  "Test confusion matrices summed over seeds, each row in % of its true class "
+                  "(last column: rejected samples).")
 
     if result.unknown_class_names:
         doc.heading("Open set: held-out classes")
-        threshold_sources = sorted({str(r.open_set.get("reject_threshold_source")) for r in completed_runs(records)
-                                    if r.open_set})
+        threshold_sources = sorted({str(r.open_set.get("reject_threshold_source")) for r in ok if r.open_set})
         doc.paragraph(
             f"Training never saw classes {', '.join(result.unknown_class_names)}. Verification (SPEC §3.7): "
             "cosine similarity of pairs of unknown-class test features, genuine = same class. "
-            "Rejection: AUROC of max_k S[i,k] between known-class test samples and unknown samples, and "
-            "§2.9 open-set prediction at the head's threshold (learned threshold where the head has one, "
-            f"else t* of the known test set; used here: {', '.join(threshold_sources) or '—'}).")
-        doc.table(summary_table(records, _OPEN_SET_VERIF_KEYS))
-        doc.table(summary_table(records, _OPEN_SET_REJECT_KEYS))
+            "Rejection (SPEC §2.9): AUROC of each rejection score between known-class test samples and "
+            "unknown samples, and open-set prediction at the head's threshold (learned threshold where the "
+            f"head has one, else t* of the validation split; used here: {', '.join(threshold_sources) or '—'}).")
+        for table in open_set_tables(records):
+            doc.table(table)
+
+    tuning = read_tuning(result.out)
+    if tuning is not None:
+        doc.heading("Tuning")
+        doc.paragraph(
+            f"Each head's hyper-parameters were chosen by an Optuna study on seed 0's validation split "
+            f"(metric `{tuning.metric}`"
+            + (f", {tuning.trials_per_head} trials per head" if tuning.trials_per_head else "")
+            + "); the test split played no part. Search space, choice and every trial:")
+        for table in tuning_tables(tuning):
+            doc.table(table)
 
     doc.heading("Plots")
+    split = plots.curve_split(records)
     curves = plots.plot_training_curves(records, plot_dir / "training_curves.png")
-    doc.image(curves, "Training curves: mean over completed seeds (thick), single seeds (thin), diverged (dotted).")
+    doc.image(curves, f"Training curves ({'validation' if split != 'test' else 'test split: old runs'} SW and "
+                      "Uni in %): mean over completed seeds (thick), single seeds (thin), diverged (dotted).")
     if result.outputs:
-        doc.image(plots.plot_score_histograms(result.outputs, plot_dir / "score_histograms.png"),
+        outputs = [_with_deployed_threshold(o, records) for o in result.outputs]
+        doc.image(plots.plot_score_histograms(outputs, plot_dir / "score_histograms.png"),
                   "Positive metrics p and hardest negative metrics n on the test set (first completed seed per "
-                  "head), with t* (dashed) and the learned threshold (green).")
-        doc.image(plots.plot_pca(result.outputs, plot_dir / "features_pca.png", result.class_names),
+                  "head), with the test-optimal t* (dashed), t* of the validation split (dash-dot) and the "
+                  "learned threshold (green).")
+        doc.image(plots.plot_pca(outputs, plot_dir / "features_pca.png", result.class_names),
                   "Test features projected on their first two principal components, coloured by class.")
-        doc.image(plots.plot_centroid_margins(result.outputs, plot_dir / "centroid_margins.png", result.class_names),
-                  "Centroid margin per class (SPEC §3.6; heads with a linear decision only).")
+        doc.image(plots.plot_centroid_margins(outputs, plot_dir / "centroid_margins.png", result.class_names),
+                  "Centroid margin per class (SPEC §3.6; heads with a linear decision only), one panel per head: "
+                  "margins are in each head's own feature units, so compare the pattern across classes, not "
+                  "bar heights across heads. Red = the class mean itself is misclassified.")
 
     doc.heading("Per-metric tables")
+    doc.paragraph("Test split, every seed.")
     for key in metric_keys(records):
         doc.heading(metric_label(key), level=3)
         doc.table(per_metric_table(records, key))
@@ -236,7 +266,27 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
     doc.table(runtime_table(records))
 
     add_run_footer(doc, records, result.settings, result.overridden, result.command)
+    others = [e for e in glossary_entries(metric_keys(records)) if e.anchor in _other_anchors(records)]
+    if others:
+        doc.heading("Glossary of the other metrics")
+        doc.glossary(others)
     return doc
+
+
+def _other_anchors(records) -> set[str]:
+    """Glossary anchors of the non-core metric keys the report shows (the second glossary)."""
+    from .labels import glossary_anchor
+
+    return {glossary_anchor(k) for k in metric_keys(records) if k not in CORE_KEYS}
+
+
+def _with_deployed_threshold(item: RunOutputs, records) -> RunOutputs:
+    """The plotted run's t* of the validation split, from its record (engine ``val_t_star``)."""
+    from dataclasses import replace
+
+    record = next((r for r in records if r.head == item.head and r.seed == item.seed and r.ok), None)
+    value = None if record is None else record.value("val_t_star")
+    return replace(item, deployed_threshold=value) if value is not None else item
 
 
 def add_run_footer(doc: Document, records, settings, overridden, command: str) -> None:

@@ -4,14 +4,21 @@ Figures are built with ``matplotlib.figure.Figure`` + the Agg canvas directly, n
 pyplot, so nothing here touches global matplotlib state or needs a display. Each function
 writes one PNG and returns its path.
 
-- :func:`plot_training_curves` — train loss, test SW and test Uni per epoch, mean over
-  completed seeds per head (thin lines: individual seeds; dotted: diverged runs).
+- :func:`plot_training_curves` — train loss, validation SW and validation Uni per epoch (old
+  runs without a validation split: test, and the panel title says so), mean over completed
+  seeds per head (thin lines: individual seeds; dotted: diverged runs).
 - :func:`plot_score_histograms` — per head, the positive metrics p_i and hardest negative
   metrics n_i (SPEC §1) with t* (SPEC §3.2) and the learned threshold (§3.4) marked.
 - :func:`plot_pca` — test features projected on their first two principal components
   (centred features, ``torch.linalg.svd``), coloured by class.
-- :func:`plot_centroid_margins` — SPEC §3.6 centroid margin per class, one bar per head.
+- :func:`plot_centroid_margins` — SPEC §3.6 centroid margin per class, one panel per head
+  (each on its own axis: heads have different feature scales).
+- :func:`plot_confusion` — per head, the test confusion matrix summed over seeds, each row
+  in % of the true class, with class names and a "rejected" column.
 - :func:`plot_sweep` — metrics (mean ± std over seeds) against the swept value.
+
+Accuracies are plotted in percent (as in the tables); every panel has axis labels and a
+legend.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .records import RunOutputs, RunRecord, completed_runs, heads_in_order
+from .records import RunOutputs, RunRecord, completed_runs, heads_in_order, history_split
 
 __all__ = [
     "pca_2d",
@@ -31,6 +38,7 @@ __all__ = [
     "plot_score_histograms",
     "plot_pca",
     "plot_centroid_margins",
+    "plot_confusion",
     "plot_sweep",
 ]
 
@@ -116,12 +124,22 @@ def _history_series(history: Sequence[dict[str, Any]], section: str, key: str) -
     return epochs, values
 
 
+def curve_split(records: Sequence[RunRecord]) -> str | None:
+    """"val" when any run has per-epoch validation metrics, else "test" (old runs), else None."""
+    splits = {history_split(r.history) for r in records} - {None}
+    return "val" if "val" in splits else "test" if "test" in splits else None
+
+
 def plot_training_curves(records: Sequence[RunRecord], path: str | Path) -> Path:
-    panels = [("train", "loss", "train loss"), ("test", "sw", "test SW"), ("test", "uni", "test Uni")]
+    split = curve_split(records) or "val"
+    name = "validation" if split == "val" else "test (old runs: no validation split)"
+    panels = [("train", "loss", "training loss", "loss (log scale)", 1.0),
+              (split, "sw", f"SW on {name}", "SW (%)", 100.0),
+              (split, "uni", f"Uni on {name}", "Uni (%)", 100.0)]
     heads = heads_in_order(records)
     colors = dict(zip(heads, _colors(len(heads))))
-    figure = _figure(4.2 * len(panels), 3.4)
-    for index, (section, key, title) in enumerate(panels):
+    figure = _figure(4.4 * len(panels), 3.5)
+    for index, (section, key, title, ylabel, scale) in enumerate(panels):
         axis = figure.add_subplot(1, len(panels), index + 1)
         for head in heads:
             per_epoch: dict[int, list[float]] = {}
@@ -129,6 +147,7 @@ def plot_training_curves(records: Sequence[RunRecord], path: str | Path) -> Path
                 epochs, values = _history_series(record.history, section, key)
                 if not epochs:
                     continue
+                values = [v * scale for v in values]
                 style = dict(color=colors[head], alpha=0.35, linewidth=0.8)
                 if not record.ok:
                     style.update(linestyle=":", alpha=0.8)
@@ -140,22 +159,25 @@ def plot_training_curves(records: Sequence[RunRecord], path: str | Path) -> Path
                 xs = sorted(per_epoch)
                 axis.plot(xs, [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs],
                           color=colors[head], linewidth=2, label=head, marker="o" if len(xs) < 3 else None)
-        axis.set_title(title)
+        axis.set_title(title, fontsize=10)
         axis.set_xlabel("epoch")
+        axis.set_ylabel(ylabel)
         axis.xaxis.set_major_locator(_integer_locator())
-        if key == "loss" and any(
+        if key == "loss" and all(
             v > 0 for r in records for v in _history_series(r.history, section, key)[1]
-        ):
+        ) and any(_history_series(r.history, section, key)[1] for r in records):
             axis.set_yscale("log")
+        elif key == "loss":
+            axis.set_ylabel("loss")
         axis.grid(alpha=0.3)
-        if index == 0:
-            axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8, title="mean over seeds", title_fontsize=7)
     return _save(figure, path)
 
 
 def plot_score_histograms(outputs: Sequence[RunOutputs], path: str | Path) -> Path:
     rows, cols = _grid(len(outputs), 3)
-    figure = _figure(4.3 * cols, 3.2 * rows)
+    figure = _figure(4.3 * cols, 3.3 * rows)
     for index, item in enumerate(outputs):
         axis = figure.add_subplot(rows, cols, index + 1)
         p, n = positive_negative_metrics(item.scores, item.labels)
@@ -168,12 +190,17 @@ def plot_score_histograms(outputs: Sequence[RunOutputs], path: str | Path) -> Pa
         axis.hist(n.tolist(), bins=bins, alpha=0.55, color="tab:red", label="n (hardest negative)")
         axis.hist(p.tolist(), bins=bins, alpha=0.55, color="tab:blue", label="p (positive)")
         if item.t_star is not None:
-            axis.axvline(item.t_star, color="black", linestyle="--", linewidth=1.5, label=f"t* = {item.t_star:.3g}")
+            axis.axvline(item.t_star, color="black", linestyle="--", linewidth=1.5,
+                         label=f"test-optimal t* = {item.t_star:.3g}")
+        if item.deployed_threshold is not None:
+            axis.axvline(item.deployed_threshold, color="tab:orange", linestyle="-.", linewidth=1.5,
+                         label=f"t* of validation = {item.deployed_threshold:.3g}")
         if item.learned_threshold is not None:
             axis.axvline(item.learned_threshold, color="tab:green", linewidth=1.5,
                          label=f"learned = {item.learned_threshold:.3g}")
         axis.set_title(f"{item.head} (seed {item.seed})")
         axis.set_xlabel("score")
+        axis.set_ylabel("test samples")
         axis.legend(fontsize=7)
     return _save(figure, path)
 
@@ -200,42 +227,72 @@ def plot_pca(outputs: Sequence[RunOutputs], path: str | Path, class_names: Seque
         axis.set_title(f"{item.head} (seed {item.seed})")
         axis.set_xlabel("PC 1")
         axis.set_ylabel("PC 2")
-        if index == 0:
-            axis.legend(fontsize=6, markerscale=2, ncol=2)
+        axis.legend(fontsize=6, markerscale=2, ncol=2, title="class", title_fontsize=6)
     return _save(figure, path)
 
 
 def plot_centroid_margins(outputs: Sequence[RunOutputs], path: str | Path,
                           class_names: Sequence[str] | None = None) -> Path | None:
+    """One panel per head with its own y-axis: margins are in the head's feature units, which
+    differ between heads (normalised features, learned scales), so bars of different heads
+    on one axis would mislead."""
     items = [o for o in outputs if o.centroid_margins is not None]
     if not items:
         return None
-    num_classes = int(items[0].centroid_margins.numel())
-    width = 0.8 / len(items)
+    rows, cols = _grid(len(items), 3)
+    num_classes = max(int(o.centroid_margins.numel()) for o in items)
+    figure = _figure(max(4.2, 0.35 * num_classes + 1.5) * cols, 3.2 * rows)
     colors = _colors(len(items))
-    figure = _figure(max(6.0, 0.6 * num_classes * max(1, len(items)) / 2 + 3), 3.6)
-    axis = figure.add_subplot(1, 1, 1)
     for index, item in enumerate(items):
+        axis = figure.add_subplot(rows, cols, index + 1)
         margins = item.centroid_margins.double().tolist()
-        xs = [c + (index - (len(items) - 1) / 2) * width for c in range(len(margins))]
-        axis.bar(xs, margins, width=width, color=colors[index], label=item.head)
-    axis.axhline(0.0, color="black", linewidth=0.8)
-    axis.set_xticks(list(range(num_classes)))
-    axis.set_xticklabels(
-        [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(num_classes)],
-        rotation=45 if num_classes > 6 else 0, fontsize=7,
-    )
-    axis.set_ylabel("signed distance to nearest boundary")
-    axis.set_title("Centroid margin per class (linear heads, SPEC §3.6)")
-    axis.legend(fontsize=8)
-    axis.grid(axis="y", alpha=0.3)
+        bar_colors = [colors[index] if m >= 0 else "tab:red" for m in margins]
+        axis.bar(range(len(margins)), margins, color=bar_colors, label=f"{item.head} (seed {item.seed})")
+        axis.axhline(0.0, color="black", linewidth=0.8)
+        axis.set_xticks(list(range(len(margins))))
+        axis.set_xticklabels(
+            [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(len(margins))],
+            rotation=45 if len(margins) > 6 else 0, fontsize=7)
+        axis.set_xlabel("class")
+        axis.set_ylabel(f"margin ({item.head} feature units)", fontsize=8)
+        axis.set_title(item.head)
+        axis.legend(fontsize=7)
+        axis.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_confusion(confusions: Sequence[tuple[str, Any, int, Sequence[str]]], path: str | Path) -> Path | None:
+    """``confusions``: (head, K×(K+1) count tensor, seeds summed, class names) per head. Each
+    row is shown in % of its true class's samples; the last column holds rejections."""
+    if not confusions:
+        return None
+    rows, cols = _grid(len(confusions), 3)
+    k = max(int(c[1].shape[0]) for c in confusions)
+    side = max(3.6, 0.38 * k + 1.8)
+    figure = _figure(side * cols, side * rows)
+    for index, (head, matrix, n_seeds, names) in enumerate(confusions):
+        axis = figure.add_subplot(rows, cols, index + 1)
+        counts = matrix.double()
+        percent = 100.0 * counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+        image = axis.imshow(percent.tolist(), cmap="Blues", vmin=0.0, vmax=100.0, aspect="auto")
+        labels = [str(n) for n in names][:counts.shape[0]]
+        axis.set_xticks(list(range(counts.shape[1])))
+        axis.set_xticklabels(labels + ["rejected"], rotation=60, fontsize=6, ha="right")
+        axis.set_yticks(list(range(counts.shape[0])))
+        axis.set_yticklabels(labels, fontsize=6)
+        axis.set_xlabel("predicted class")
+        axis.set_ylabel("true class")
+        axis.set_title(f"{head} ({n_seeds} seed{'s' if n_seeds != 1 else ''} summed)", fontsize=9)
+        colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        colorbar.set_label("% of the true class", fontsize=7)
+        colorbar.ax.tick_params(labelsize=6)
     return _save(figure, path)
 
 
 def plot_sweep(records: Sequence[RunRecord], values: Sequence[Any], keys: Sequence[str],
                path: str | Path, param: str) -> Path:
     from .stats import summarize
-    from .tables import PERCENT_KEYS, metric_label
+    from .labels import PERCENT_KEYS, metric_label
 
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     positions = list(values) if numeric else list(range(len(values)))
@@ -253,9 +310,11 @@ def plot_sweep(records: Sequence[RunRecord], values: Sequence[Any], keys: Sequen
             xs.append(position)
             means.append(summary.mean * scale)
             stds.append((summary.std or 0.0) * scale)
-        axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3)
+        axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label="mean ± std over seeds")
         axis.set_title(metric_label(key))
         axis.set_xlabel(param)
+        axis.set_ylabel(metric_label(key))
+        axis.legend(fontsize=7)
         if not numeric:
             axis.set_xticks(positions)
             axis.set_xticklabels([str(v) for v in values])

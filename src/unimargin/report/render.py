@@ -5,8 +5,11 @@ images). :meth:`Document.write` renders the same blocks twice: Markdown that lin
 files next to it, and HTML with every image embedded as a ``data:image/png;base64`` URI so
 the single HTML file can be mailed or archived on its own.
 
-Inline markup understood in paragraphs, bullets and table cells: ```code``` and
-``**bold**`` (everything else is escaped in HTML).
+Inline markup understood in paragraphs, bullets, captions and table cells: ```code```,
+``**bold**``, ``*italic*`` (CommonMark flanking: ``t*`` or ``a * b`` stay literal) and
+``[text](target)`` links; everything else is escaped in HTML, so every Markdown construct
+the report writes renders in the HTML too (no literal asterisks). A glossary block is a
+definition list whose entries carry the anchors the metric links point to.
 """
 
 from __future__ import annotations
@@ -18,22 +21,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .glossary import GlossaryEntry
 from .tables import Table
 
 __all__ = ["Document", "markdown_inline_to_html", "slugify"]
 
-_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
+# code | **bold** | *italic* (opening * not after a word char / before a space, closing *
+# not after a space / before a word char) | [text](target)
+_INLINE = re.compile(
+    r"`([^`]+)`"
+    r"|\*\*(.+?)\*\*"
+    r"|(?<![\w*])\*(?=[^\s*])([^*]+?)(?<=[^\s*])\*(?![\w*])"
+    r"|\[([^\]]+)\]\(([^)\s]+)\)"
+)
 
 
 def markdown_inline_to_html(text: str) -> str:
-    """Escape ``text`` for HTML, turning `code` and **bold** into <code> and <strong>."""
+    """Escape ``text`` for HTML, turning `code`, **bold**, *italic* and [text](target) into
+    <code>, <strong>, <em> and <a>; bold, italic and link text may hold further markup."""
     parts, position = [], 0
     for match in _INLINE.finditer(text):
         parts.append(html.escape(text[position:match.start()]))
-        if match.group(1) is not None:
-            parts.append(f"<code>{html.escape(match.group(1))}</code>")
+        code, bold, italic, link_text, target = match.groups()
+        if code is not None:
+            parts.append(f"<code>{html.escape(code)}</code>")
+        elif bold is not None:
+            parts.append(f"<strong>{markdown_inline_to_html(bold)}</strong>")
+        elif italic is not None:
+            parts.append(f"<em>{markdown_inline_to_html(italic)}</em>")
         else:
-            parts.append(f"<strong>{html.escape(match.group(2))}</strong>")
+            parts.append(f'<a href="{html.escape(target, quote=True)}">{markdown_inline_to_html(link_text)}</a>')
         position = match.end()
     parts.append(html.escape(text[position:]))
     return "".join(parts)
@@ -57,6 +74,7 @@ class _Block:
     table: Table | None = None
     path: Path | None = None
     language: str = ""
+    entries: Sequence[GlossaryEntry] = ()
 
 
 @dataclass
@@ -83,6 +101,11 @@ class Document:
             self.blocks.append(_Block("table", table=table))
         return self
 
+    def glossary(self, entries: Sequence[GlossaryEntry]) -> "Document":
+        """Terms with their anchors (the targets of the metric links)."""
+        self.blocks.append(_Block("glossary", entries=list(entries)))
+        return self
+
     def code(self, text: str, language: str = "") -> "Document":
         self.blocks.append(_Block("code", text=text, language=language))
         return self
@@ -104,6 +127,8 @@ class Document:
                 lines += [block.text, ""]
             elif block.kind == "bullets":
                 lines += [f"- {item}" for item in block.items] + [""]
+            elif block.kind == "glossary":
+                lines += [f'- <a id="{e.anchor}"></a>**{e.term}**: {e.text}' for e in block.entries] + [""]
             elif block.kind == "code":
                 lines += [f"```{block.language}", block.text.rstrip("\n"), "```", ""]
             elif block.kind == "image":
@@ -129,14 +154,19 @@ class Document:
         for block in self.blocks:
             if block.kind == "heading":
                 anchor = slugify(block.text)
+                text = markdown_inline_to_html(block.text)
                 if block.level == 2:
-                    toc.append(f'<li><a href="#{anchor}">{html.escape(block.text)}</a></li>')
-                body.append(f'<h{block.level} id="{anchor}">{html.escape(block.text)}</h{block.level}>')
+                    toc.append(f'<li><a href="#{anchor}">{text}</a></li>')
+                body.append(f'<h{block.level} id="{anchor}">{text}</h{block.level}>')
             elif block.kind == "paragraph":
                 body.append(f"<p>{markdown_inline_to_html(block.text)}</p>")
             elif block.kind == "bullets":
                 items = "".join(f"<li>{markdown_inline_to_html(i)}</li>" for i in block.items)
                 body.append(f"<ul>{items}</ul>")
+            elif block.kind == "glossary":
+                items = "".join(f'<dt id="{html.escape(e.anchor, quote=True)}">{markdown_inline_to_html(e.term)}</dt>'
+                                f"<dd>{markdown_inline_to_html(e.text)}</dd>" for e in block.entries)
+                body.append(f'<dl class="glossary">{items}</dl>')
             elif block.kind == "code":
                 body.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
             elif block.kind == "image":
@@ -147,7 +177,7 @@ class Document:
                 )
             elif block.kind == "table":
                 table = block.table
-                parts = ["<table>"]
+                parts = ['<div class="scroll"><table>']
                 if table.caption:
                     parts.append(f"<caption>{markdown_inline_to_html(table.caption)}</caption>")
                 parts.append("<thead><tr>" + "".join(
@@ -155,11 +185,12 @@ class Document:
                 parts.append("<tbody>")
                 for row in table.rows:
                     parts.append("<tr>" + "".join(f"<td>{markdown_inline_to_html(str(c))}</td>" for c in row) + "</tr>")
-                parts.append("</tbody></table>")
+                parts.append("</tbody></table></div>")
                 body.append("".join(parts))
                 for note in table.notes:
                     body.append(f"<p>{markdown_inline_to_html(note)}</p>")
-        nav = f'<nav><strong>Contents</strong><ul>{"".join(toc)}</ul></nav>' if toc else ""
+        # one line of links, so the first screen shows the verdict, not a table of contents
+        nav = f'<nav><strong>Contents:</strong> <ul>{"".join(toc)}</ul></nav>' if toc else ""
         return (
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
@@ -184,11 +215,18 @@ def _relative(path: Path, base_dir: Path) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin:0.4em 0} h3 code{font-size:0.95em}
 table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.88em}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}
+ul li{margin:0.25em 0;line-height:1.4}
+dl.glossary{display:grid;grid-template-columns:max-content auto;gap:0.2em 1em;font-size:0.92em}
+dl.glossary dt{font-weight:bold} dl.glossary dd{margin:0}
+:target{background:#fff3c4}
 th{background:#f2f2f2} caption{caption-side:bottom;font-style:italic;font-size:0.9em;text-align:left}
 code{background:#f4f4f4;padding:0 3px} pre{background:#f4f4f4;padding:0.7em;overflow-x:auto}
 figure{margin:1em 0} img{max-width:100%} figcaption{font-style:italic;font-size:0.9em}
-nav{background:#fafafa;border:1px solid #ddd;padding:0.5em 1em;display:inline-block}
+nav{background:#fafafa;border:1px solid #ddd;padding:0.3em 0.8em;font-size:0.85em}
+nav ul{display:inline;margin:0;padding:0} nav li{display:inline;margin-right:0.9em}
 """

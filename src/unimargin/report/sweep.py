@@ -20,8 +20,9 @@ from typing import Any
 from .compare import _time_sentence, add_run_footer
 from .records import RunRecord, completed_runs
 from .render import Document
+from .labels import format_summary, higher_is_better, metric_label
 from .stats import summarize
-from .tables import format_summary, higher_is_better, metric_keys, metric_label, sweep_table
+from .tables import metric_keys, sweep_table
 
 __all__ = ["SweepResult", "SWEEP_METRICS", "build_sweep_document", "write_sweep_report"]
 

@@ -111,3 +111,45 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     torch.rand(10)  # global RNG use must not matter
     assert torch.equal(a, perm(1, 3))
     assert not torch.equal(a, perm(1, 4)) and not torch.equal(a, perm(2, 3))
+
+
+def test_a_flipped_byte_inside_a_weight_tensor_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    weights = torch.arange(4096, dtype=torch.float32)
+    save_checkpoint({"model": {"w": weights}, "epoch": 1, "config": {}, "history": []}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], weights)
+    data = bytearray(path.read_bytes())
+    # torch stores the tensor's bytes verbatim: find them and flip 16 bytes in the middle
+    offset = bytes(data).index(weights[1000:1004].numpy().tobytes())
+    for i in range(offset, offset + 16):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    # the zip and pickle layers do not notice; torch.load alone gives wrong numbers
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], weights)
+    with pytest.raises(ValueError, match=r"c.pt.*corrupt.*SHA-256"):
+        load_checkpoint(path)
+
+
+def test_payload_digest_sees_every_value_and_dtype():
+    from unimargin.train.checkpoint import payload_digest
+
+    base = {"model": {"w": torch.zeros(3)}, "epoch": 1, "history": [{"a": 1.0}]}
+    d = payload_digest(base)
+    assert d == payload_digest({"history": [{"a": 1.0}], "epoch": 1, "model": {"w": torch.zeros(3)}})
+    for changed in ({**base, "epoch": 2}, {**base, "history": [{"a": 1.5}]},
+                    {**base, "model": {"w": torch.zeros(3, dtype=torch.float64)}},
+                    {**base, "model": {"w": torch.zeros(1, 3)}},
+                    {**base, "model": {"w": torch.tensor([0.0, 0.0, -0.0])}}):
+        assert payload_digest(changed) != d
+    assert payload_digest({**base, "sha256": "x"}) == d   # the digest entry itself is excluded
+
+
+def test_version_1_checkpoints_without_a_digest_still_load(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "unimargin-checkpoint", "version": 1, "model": {}, "epoch": 1,
+                "config": {}, "history": []}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    torch.save({"format": "unimargin-checkpoint", "version": 2, "model": {}, "epoch": 1,
+                "config": {}, "history": []}, path)
+    with pytest.raises(ValueError, match="missing.*sha256"):
+        load_checkpoint(path)

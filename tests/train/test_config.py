@@ -34,6 +34,8 @@ def test_resolve_fills_only_unset_optimizer_fields():
     ("optimizer", "rmsprop", "optimizer"), ("schedule", "linear", "schedule"),
     ("grad_clip", 0.0, "grad_clip"), ("milestones", [0, 3], "milestones"),
     ("lr", float("nan"), "lr"), ("gamma", 2.0, "gamma"), ("resume", "yes", "resume"),
+    ("seed", 2**64, r"seed: expected <= 9223372036854775807"), ("seed", -1, "seed"),
+    ("select_epoch", "first", "select_epoch"), ("select_metric", "loss", "select_metric"),
 ])
 def test_bad_hyper_parameters_are_named(field, value, needle):
     with pytest.raises(ValueError, match=needle):
@@ -68,6 +70,14 @@ def test_yaml_errors_name_the_file(tmp_path):
     bad.write_text("head: [unclosed\n")
     with pytest.raises(ValueError, match="bad.yaml.*not valid YAML"):
         load_yaml(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("epochs: 2\nlr: 0.1\nepochs: 3\n")
+    with pytest.raises(ValueError, match=r"twice.yaml.*duplicate key 'epochs' \(first at line 1\)"):
+        load_yaml(twice)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("epochs: 2\n# café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.yaml.*not UTF-8 text \(byte 15"):
+        load_yaml(latin)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="scalar.yaml.*mapping"):

@@ -220,6 +220,7 @@ class RunDirectory:
     def open(self, check: Callable[[], None] | None = None) -> "RunDirectory":
         """Take the lock, then run ``check`` (e.g. :func:`check_out_dir` again: another
         process may have finished a run here since the first check), then prepare."""
+        self._recover_siblings()
         self._locks.append(RunLock(self.out).acquire())
         if check is not None:
             try:
@@ -234,6 +235,28 @@ class RunDirectory:
             self.path = self.staging
         os.makedirs(os.path.join(self.path, CHECKPOINT_DIR), exist_ok=True)
         return self
+
+    def _recover_siblings(self) -> None:
+        """Clean up after a process killed while replacing this run: its ``DIR.new-PID``
+        staging directory is removed; a ``DIR.old-PID`` left by a kill between the two
+        renames of :meth:`committed` is renamed back when ``DIR`` is missing (else removed)."""
+        base = os.path.normpath(self.out)
+        parent, name = os.path.split(base)
+        try:
+            siblings = os.listdir(parent or ".")
+        except FileNotFoundError:
+            return
+        for entry in siblings:
+            kind, _, pid = entry[len(name):].partition("-")
+            if not entry.startswith(name) or kind not in (".new", ".old") or not pid.isdigit():
+                continue
+            if int(pid) != os.getpid() and _alive(int(pid), None):
+                continue  # another live process is replacing this run; its lock will say so
+            path = os.path.join(parent, entry)
+            if kind == ".old" and not os.path.exists(base):
+                os.rename(path, base)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

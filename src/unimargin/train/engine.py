@@ -522,7 +522,13 @@ def _final_evaluation(fit: _Fit, history: list, best_epoch, has_val: bool, log) 
                                         distributed=True)
     means = compute_class_means(train_features, splits.y_train, splits.num_classes).float()
     if splits.x_unknown is not None and len(splits.x_unknown):
-        final.update(_open_set_final(cfg, net, splits, scores, deployed, means))
+        from unimargin.metrics.evaluate import evaluate_open_set
+
+        final.update(evaluate_open_set(net, net.head, x_val=splits.x_val, y_val=splits.y_val,
+                                       x_test=splits.x_test, y_test=splits.y_test,
+                                       x_unknown=splits.x_unknown, y_unknown=splits.y_unknown,
+                                       class_means=means, batch_size=cfg.eval_batch_size,
+                                       distributed=True))
     if fit.run_dir is not None:
         # the kept model, its class means and the selection, in the file load_run reads
         name = BEST_CHECKPOINT if cfg.select_epoch == "best" and best_epoch is not None else LAST_CHECKPOINT
@@ -608,24 +614,6 @@ def _evaluate_split(cfg, net, x, y, epoch: int, split: str) -> dict:
     features, scores = compute_outputs(net, net.head, x, cfg.eval_batch_size, distributed=True)
     check_eval_outputs(features, scores, epoch, cfg.max_feature_norm, split)
     return evaluate_outputs(features, scores, y, net.head)
-
-
-def _open_set_final(cfg, net, splits, test_scores, deployed, class_means) -> dict:
-    """Open-set keys (SPEC §3.7) of the kept net: rejection at the threshold chosen on the
-    validation split (the learned threshold, else t* of validation; without a validation
-    split only a learned threshold can be used), verification on the unknown classes."""
-    from unimargin.metrics.evaluate import learned_threshold, open_set_metrics
-
-    learned = learned_threshold(net.head)
-    if learned is not None:
-        threshold, source = learned, "learned"
-    elif deployed is not None:
-        threshold, source = deployed, "t* (validation)"
-    else:  # never a threshold chosen on the test split
-        threshold, source = float("-inf"), "none (no validation split): nothing rejected"
-    uf, us = compute_outputs(net, net.head, splits.x_unknown, cfg.eval_batch_size, distributed=True)
-    return open_set_metrics(net.head, test_scores, splits.y_test, uf, us, splits.y_unknown,
-                            threshold, source)
 
 
 def evaluate_run(run: LoadedRun, x: torch.Tensor, labels: torch.Tensor,

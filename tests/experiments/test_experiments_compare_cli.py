@@ -64,7 +64,7 @@ def test_compare_tiny_open_set(tmp_path):
     # Every training option is a flag of compare too, so the rerun command needs no YAML.
     assert "--normalize-input" in markdown and "--head-param bce-u:neg_rate=1.0" in markdown
     assert not (out / "compare_options.yaml").exists()
-    assert len(_check_html(out / "report.html")) == 4
+    assert len(_check_html(out / "report.html")) == 5  # curves, confusion, histograms, PCA, margins
 
 
 def test_sweep_tiny(tmp_path):

@@ -36,7 +36,7 @@ from .tables import (
     threshold_table,
     tuning_tables,
 )
-from .verdict import resolution_sentence, test_set_size, verdict_lines
+from .verdict import resolution_sentence, n_test_of, verdict_lines
 
 __all__ = [
     "CompareResult",
@@ -168,7 +168,7 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
         doc.bullets(sentences)
     if not groups:
         doc.paragraph("No comparison available (no completed run).")
-    n_test = test_set_size(records, setup.get("n_test"))
+    n_test = n_test_of(records, setup.get("n_test"))
     doc.paragraph(
         f"{resolution_sentence(n_test)} Rule ([SPEC §3.9](#glossary-rule)): better or worse only with at least "
         f"3 paired seeds, a [Holm-adjusted](#glossary-holm) paired-t p < 0.05 and differences that are not "

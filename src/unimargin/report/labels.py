@@ -59,7 +59,7 @@ def unit_suffix(key: str) -> str:
 
 def digits_for(key: str) -> int:
     """Fixed decimals of ``key``: by unit; AUCs get 4 (differences between heads are small)."""
-    if key.endswith("auc") or key.endswith("auroc"):
+    if {"auc", "auroc"} & set(key.split("_")):
         return 4
     return _UNIT_DIGITS.get(_unit(key), 3)
 

@@ -248,21 +248,19 @@ def open_set_tables(records: Sequence[RunRecord]) -> list[Table]:
         tables.append(summary_table(records, verif, caption=(
             "Verification on the held-out classes' test samples (cosine similarity of pairs, SPEC §3.7).")))
     heads = heads_in_order(records)
+    bases = [b for b in ("reject_auroc", "reject_open_set_accuracy", "reject_known_accept_rate",
+                         "reject_unknown_reject_rate")
+             if any(_score_key(b, score) in present for score in REJECTION_SCORES)]
     rows = []
     for score in REJECTION_SCORES:
-        keys = [_score_key(b, score) for b in ("reject_auroc", "reject_open_set_accuracy",
-                                                "reject_known_accept_rate", "reject_unknown_reject_rate")]
+        keys = [_score_key(b, score) for b in bases]
         if not any(k in present for k in keys):
             continue
         for head in heads:
-            rows.append([f"`{head}`", f"`{score}`"] + [
-                format_summary(k if k in KEYS else _score_key(b, "max_score"), summary_for(records, head, k))
-                for k, b in zip(keys, ("reject_auroc", "reject_open_set_accuracy",
-                                       "reject_known_accept_rate", "reject_unknown_reject_rate"))])
+            rows.append([f"`{head}`", f"`{score}`"] + [format_summary(k, summary_for(records, head, k)) for k in keys])
     if rows:
         tables.append(Table(
-            ["head", "rejection score", metric_link("reject_auroc"), metric_link("reject_open_set_accuracy"),
-             metric_link("reject_known_accept_rate"), metric_link("reject_unknown_reject_rate")],
+            ["head", "rejection score"] + [metric_link(b) for b in bases],
             rows,
             caption="Known-class test samples vs held-out-class samples, mean ± std over seeds; rates at the "
                     "rejection threshold chosen without test data (SPEC §2.9). max_score = the head's score.",

@@ -43,7 +43,7 @@ __all__ = [
     "call_difference",
     "compare_heads",
     "deployment_candidates",
-    "test_set_size",
+    "n_test_of",
     "resolution_sentence",
     "verdict_lines",
 ]
@@ -147,7 +147,7 @@ def deployment_candidates(records: Iterable[RunRecord], head: str) -> list[tuple
     return out
 
 
-def test_set_size(records: Iterable[RunRecord], fallback: int | None = None) -> int | None:
+def n_test_of(records: Iterable[RunRecord], fallback: int | None = None) -> int | None:
     """N_test of the runs (summary "splits"), else ``fallback`` (the experiment's setup)."""
     sizes = {int(r.splits["n_test"]) for r in records if r.splits.get("n_test")}
     if len(sizes) == 1:

@@ -1,4 +1,5 @@
-"""`unimargin train | evaluate | predict` end to end, config precedence, and error exits."""
+"""`unimargin train | evaluate` end to end, config precedence, and error exits (predict:
+test_cli_predict.py)."""
 
 import csv
 import json
@@ -61,54 +62,12 @@ def test_lmdl_train_from_config_then_evaluate_and_predict(tmp_path, capsys, inpu
     summary = json.loads((out / "summary.json").read_text())
 
     metrics_path = tmp_path / "m.json"
-    assert main(["evaluate", "--checkpoint", str(out), "--out", str(metrics_path)]) == 0
+    assert main(["evaluate", "--checkpoint", str(out), "--json", "--out", str(metrics_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(metrics_path.read_text())
     assert printed["epoch"] == 2 and printed["metrics"] == summary["final"]
 
-    # lmdl has no learned threshold: the default is t* fitted on the run's test split.
-    path, x = inputs
-    csv_path = tmp_path / "p.csv"
-    assert main(["predict", "--checkpoint", str(out), "--input", path, "--out", str(csv_path)]) == 0
-    run = load_run(out)
-    splits = load_splits(run.config)
-    _, test_scores = compute_outputs(run.model, run.head, splits.x_test)
-    t_star = uniform_accuracy(test_scores, splits.y_test).threshold
-    _, scores = compute_outputs(run.model, run.head, x)
-    want_pred, want_score = _expected_predictions(scores, t_star)
-    idx, pred, score = _read_csv(csv_path)
-    assert idx == list(range(50))
-    assert torch.equal(pred, want_pred)
-    torch.testing.assert_close(score, want_score.double(), rtol=0, atol=0)
-
-
-def test_bce_u_predict_threshold_options(tmp_path, inputs):
-    out = tmp_path / "run"
-    assert main(["train", "--head", "bce-u", "--epochs", "2", "--out", str(out), *SMALL]) == 0
-    run = load_run(out)
-    b = float(run.head.threshold)
-    path, x = inputs
-    _, scores = compute_outputs(run.model, run.head, x)
-    splits = load_splits(run.config)
-    _, test_scores = compute_outputs(run.model, run.head, splits.x_test)
-    t_star = uniform_accuracy(test_scores, splits.y_test).threshold
-    cases = {"default": ([], b), "given": (["--threshold", "-0.25"], -0.25),
-             "fit": (["--fit-threshold"], t_star), "closed": (["--closed-set"], float("-inf"))}
-    for name, (flags, t) in cases.items():
-        csv_path = tmp_path / f"{name}.csv"
-        assert main(["predict", "--checkpoint", str(out / "checkpoints" / "last.pt"),
-                     "--input", path, "--out", str(csv_path), *flags]) == 0
-        _, pred, _ = _read_csv(csv_path)
-        assert torch.equal(pred, _expected_predictions(scores, t)[0]), name
-    _, closed, _ = _read_csv(tmp_path / "closed.csv")
-    assert (closed >= 0).all()
-    # .npy and .pt inputs (with the channel dim) give the same predictions.
-    np.save(tmp_path / "x.npy", x.numpy())
-    torch.save({"x": x}, tmp_path / "x.pt")
-    for f in ("x.npy", "x.pt"):
-        assert main(["predict", "--checkpoint", str(out), "--input", str(tmp_path / f),
-                     "--out", str(tmp_path / "o.csv"), "--overwrite"]) == 0
-        assert torch.equal(_read_csv(tmp_path / "o.csv")[1], _read_csv(tmp_path / "default.csv")[1])
+    # predict: tests/cli/test_cli_predict.py
 
 
 def test_resume_flag_continues_a_run(tmp_path, capsys):
@@ -179,6 +138,6 @@ def test_invalid_yaml_corrupt_checkpoint_and_bad_input(tmp_path, capsys, inputs)
     np.save(wrong, np.zeros((3, 7), dtype=np.float32))
     assert main(["predict", "--checkpoint", str(out), "--input", str(wrong),
                  "--out", str(tmp_path / "p.csv")]) == 2
-    assert "expected samples of shape (1, 40)" in capsys.readouterr().err
+    assert "trained on (1, 40)" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
     assert main(["train", "--epochs", "two"]) == 2  # argparse usage error

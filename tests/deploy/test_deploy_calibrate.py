@@ -201,7 +201,8 @@ def test_calibrate_run_uni_and_other_scores(bce_run):
     with pytest.raises(ValueError, match="'uni' is defined"):
         calibrate_run(bce_run, "uni", rejection_score="energy", write=False)
     cc = calibrate_run(bce_run, "far=0.05", rejection_score="centroid_cosine", write=False)
-    assert -1.0 <= cc["threshold"] <= 2.0 and len(cc["class_means"]) == 10
+    # the class means live in the checkpoint (one home), not in calibration.json
+    assert -1.0 <= cc["threshold"] <= 2.0 and "class_means" not in cc
     assert "learned" not in cc["candidates"]
 
 

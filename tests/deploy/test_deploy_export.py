@@ -135,7 +135,7 @@ def test_calibration_is_the_default_threshold(runs, tmp_path):
 def test_t_star_of_validation_without_calibration(runs, tmp_path):
     run_dir = runs("mnist1d", "lmdl")
     meta = export_run(run_dir, "onnx", str(tmp_path / "m.onnx"))
-    assert meta["threshold_source"] == "t* (validation) (no calibration.json)"
+    assert meta["threshold_source"] == "t* (validation), no calibration.json"
     run = load_run(run_dir)
     _, _, x_val, y_val, _ = run_splits(run)
     _, s = compute_outputs(run.model, run.head, x_val)
@@ -170,7 +170,8 @@ def test_bad_arguments(runs, tmp_path):
         export_run(run_dir, "tflite", str(tmp_path / "m"))
     with pytest.raises(ValueError, match="out"):
         export_run(run_dir, "onnx", None)
-    with pytest.raises(ValueError, match="no calibration.json for rejection score 'energy'"):
-        export_run(run_dir, "onnx", str(tmp_path / "m.onnx"), rejection_score="energy")
+    with pytest.raises(ValueError, match="softmax cross-entropy only"):
+        export_run(runs("mnist1d", "bce-u"), "onnx", str(tmp_path / "m.onnx"),
+                   rejection_score="energy")
     with pytest.raises(ValueError, match="finite"):
         export_run(run_dir, "onnx", str(tmp_path / "m.onnx"), threshold=float("nan"))

@@ -25,8 +25,8 @@ def register(sub) -> None:
                    help="score compared with the threshold (SPEC §2.9; default max_score)")
     p.add_argument("--unknown-data", metavar="held-out|FILE",
                    help="unknown-class samples: 'held-out' = the run's --unknown-classes (half "
-                        "for choosing, half for the test figures), or a .npz/.npy/.pt file of "
-                        "raw inputs (used for choosing)")
+                        "for choosing, half for the test figures), or inputs as predict reads "
+                        "them (image folder or file, CSV, .npz/.npy/.pt; used for choosing)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.set_defaults(func=run)
 
@@ -69,9 +69,11 @@ def run(args) -> int:
 
     unknown = args.unknown_data
     if unknown is not None and unknown != "held-out":
-        from .predict import load_inputs
+        from unimargin.data.inputs import read_inputs
 
-        unknown = load_inputs(unknown, load_run(args.checkpoint).in_shape)
+        from .predict import run_preprocessing
+
+        unknown = read_inputs(unknown, run_preprocessing(load_run(args.checkpoint))).x
     result = calibrate_run(args.checkpoint, args.objective, rejection_score=args.rejection_score,
                            unknown_data=unknown, batch_size=args.batch_size)
     print(format_table(result))

@@ -1,5 +1,15 @@
 """``unimargin predict``: labels with rejection (SPEC §2.9) for new inputs, as CSV.
 
+Inputs are read the way the run's training data were (:func:`unimargin.data.inputs.
+read_inputs` with the preprocessing saved in the checkpoint): a directory of images (class
+sub-directories give labels), one image file, a CSV with the training feature columns
+(label column optional), or .npz (``x``, optional ``y``) / .npy / .pt arrays.
+
+Threshold (:func:`unimargin.deploy.calibrate.deployment`, printed with its reason):
+``--threshold`` > the run's calibration.json > the head's learned threshold (bce-u, bce-d)
+> fitted on the run's *validation* split (``--fit-threshold`` skips the first two). Never
+the test split.
+
 Output safety (docs/reliability.md): never overwrites an existing file without
 ``--overwrite``, never writes over its input or the checkpoint (even with ``--overwrite``),
 refuses a directory as ``--out`` (no stray temporary file), and the threshold must be finite.
@@ -13,75 +23,37 @@ import math
 import os
 import sys
 
-from .common import EXIT_OK, load_split
+from .common import EXIT_OK
+
+COLUMNS = ("id", "prediction", "class", "score", "accepted")
 
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict labels (with rejection) for new inputs",
-                       description="Write CSV columns index,prediction,class,score,accepted "
-                                   "(prediction -1 = rejected, score = max_k S[i,k]). Threshold "
-                                   "(SPEC §2.9): the head's learned one (bce-u, bce-d) by default, "
-                                   "else t* fitted on the run's held-out test split.")
+                       description="Write CSV columns id,prediction,class,score,accepted "
+                                   "(prediction -1 = rejected; score = the rejection score, "
+                                   "SPEC §2.9). Threshold: --threshold, else the run's "
+                                   "calibration.json, else the head's learned one (bce-u, "
+                                   "bce-d), else fitted on the run's validation split.")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run directory or checkpoint file")
-    p.add_argument("--input", required=True, metavar="FILE", help=".npz (array x), .npy or .pt tensor of raw inputs")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="a directory of images (class sub-directories = labels), an image file, "
+                        "a CSV with the training columns (label column optional), or a "
+                        ".npz (x, optional y) / .npy / .pt array")
     p.add_argument("--out", required=True, metavar="FILE.csv")
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, metavar="T", help="reject when max score <= T (finite)")
-    g.add_argument("--fit-threshold", action="store_true", help="use t* fitted on the run's test split")
+    g.add_argument("--threshold", type=float, metavar="T", help="reject when the rejection score <= T (finite)")
+    g.add_argument("--fit-threshold", action="store_true",
+                   help="fit the threshold on the run's validation split (max_score: t*; other "
+                        "scores: reject 5%% of the known validation samples), ignoring "
+                        "calibration.json and the learned threshold")
     g.add_argument("--closed-set", action="store_true", help="never reject (plain argmax)")
-    p.add_argument("--data-dir", help="override the run's dataset directory (for --fit-threshold)")
+    p.add_argument("--rejection-score", choices=["max_score", "centroid_cosine", "energy"],
+                   help="score compared with the threshold (default: the calibrated one, else max_score)")
+    p.add_argument("--data-dir", help="override the run's dataset directory (to fit a threshold)")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=run)
-
-
-def load_inputs(path: str, in_shape):
-    """Raw inputs from .npz (array ``x``), .npy or .pt (tensor, or dict with ``x``), as float32
-    (N, *in_shape). A missing channel dim of a 1-channel input is added."""
-    import numpy as np
-    import torch
-
-    if not os.path.isfile(path):
-        raise ValueError(f"input file {path!r} does not exist")
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "x" not in z.files:
-                    raise ValueError(f"input file {path!r} has no array 'x' (arrays: {z.files})")
-                x = torch.from_numpy(np.asarray(z["x"]))
-        elif ext == ".npy":
-            x = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif ext == ".pt":
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                if "x" not in obj:
-                    raise ValueError(f"input file {path!r} holds a dict without key 'x'")
-                obj = obj["x"]
-            if not isinstance(obj, torch.Tensor):
-                raise ValueError(f"input file {path!r} does not hold a tensor")
-            x = obj
-        else:
-            raise ValueError(f"input file {path!r}: expected a .npz, .npy or .pt file")
-    except ValueError as exc:
-        if str(exc).startswith("input file"):
-            raise
-        raise ValueError(f"input file {path!r} cannot be read: {exc}") from exc
-    except Exception as exc:
-        raise ValueError(f"input file {path!r} cannot be read ({type(exc).__name__}: {exc})") from exc
-    if not (x.dtype.is_floating_point or x.dtype in (torch.uint8, torch.int8, torch.int16,
-                                                        torch.int32, torch.int64)):
-        raise ValueError(f"input file {path!r}: expected numeric data, got dtype {x.dtype}")
-    x = x.float()
-    in_shape = tuple(in_shape)
-    if x.dim() == len(in_shape) and in_shape[0] == 1 and tuple(x.shape[1:]) == in_shape[1:]:
-        x = x.unsqueeze(1)
-    if tuple(x.shape[1:]) != in_shape:
-        raise ValueError(f"input file {path!r}: expected samples of shape {in_shape} (array "
-                         f"(N, {', '.join(map(str, in_shape))})), got array of shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"input file {path!r} contains NaN or Inf values")
-    return x
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -91,57 +63,90 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
 def check_output_path(out: str, overwrite: bool, protected: dict[str, str]) -> None:
     """Refuse ``out`` when it is a directory, one of ``protected`` (label -> path: the input,
-    the checkpoint), or an existing file without ``overwrite``."""
+    the checkpoint) or inside a protected directory (an image folder being read), or an
+    existing file without ``overwrite``."""
     if os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a directory; give a file name such as {os.path.join(out, 'predictions.csv')!r}")
     for label, path in protected.items():
-        if path and os.path.exists(path) and _same_file(out, path):
+        if not path or not os.path.exists(path):
+            continue
+        if _same_file(out, path) or (os.path.isdir(path) and _inside(out, path)):
             raise ValueError(f"--out {out!r} is the {label}; write the predictions to another file")
     if os.path.exists(out) and not overwrite:
         raise ValueError(f"--out {out!r} already exists; pass --overwrite to replace it")
 
 
+def run_preprocessing(run) -> dict:
+    """The preprocessing saved with the run; checkpoints written before it was saved only
+    know the input shape and the class names (enough for array inputs)."""
+    if run.preprocessing:
+        return run.preprocessing
+    return {"in_shape": list(run.in_shape), "classes": [str(c) for c in run.classes]}
+
+
+def predictions_csv(ids, pred, score, classes) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for i, p, s in zip(ids, pred.tolist(), score.tolist()):
+        name = classes[p] if 0 <= p < len(classes) else ""
+        writer.writerow([i, p, name, repr(float(s)), int(p >= 0)])
+    return buffer.getvalue().encode("utf-8")
+
+
 def run(args) -> int:
     import torch
 
-    from unimargin.metrics import uniform_accuracy
+    from unimargin.data.inputs import read_inputs
+    from unimargin.deploy.calibrate import deployment, run_class_means
+    from unimargin.io import atomic_write_bytes
+    from unimargin.metrics.confusion import predictions
     from unimargin.metrics.evaluate import compute_outputs
-    from unimargin.train import atomic_write_bytes, load_run
+    from unimargin.metrics.rejection import (check_score_for_head, needs_features,
+                                             rejection_score)
+    from unimargin.train import load_run
 
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise ValueError(f"--threshold: expected a finite number, got {args.threshold!r}")
-    protected = {"input file": args.input, "checkpoint": args.checkpoint}
+    protected = {"input": args.input, "checkpoint": args.checkpoint}
     check_output_path(args.out, args.overwrite, protected)
     run_ = load_run(args.checkpoint)
     protected["checkpoint"] = run_.path
     check_output_path(args.out, args.overwrite, protected)
-    x = load_inputs(args.input, run_.in_shape)
+    inputs = read_inputs(args.input, run_preprocessing(run_))
     if args.closed_set:
+        name = args.rejection_score or "max_score"
+        check_score_for_head(name, run_.head)
+        means = run_class_means(run_) if needs_features(name) else None
         threshold, source = float("-inf"), "closed set (no rejection)"
-    elif args.threshold is not None:
-        threshold, source = args.threshold, "--threshold"
-    elif run_.head.threshold is not None and not args.fit_threshold:
-        threshold, source = float(run_.head.threshold), "learned threshold of the head"
     else:
-        splits = load_split(run_, args.data_dir)
-        _, test_scores = compute_outputs(run_.model, run_.head, splits.x_test, args.batch_size)
-        threshold = uniform_accuracy(test_scores, splits.y_test).threshold
-        source = "t* fitted on the run's test split"
-    features, scores = compute_outputs(run_.model, run_.head, x, args.batch_size)
-    with torch.no_grad():
-        pred = run_.head.predict(features, threshold=threshold)
-        best = scores.max(dim=1).values if scores.shape[0] else scores.new_empty(0)
+        chosen = deployment(run_, rejection_score=args.rejection_score, threshold=args.threshold,
+                            fit=args.fit_threshold, data_dir=args.data_dir,
+                            batch_size=args.batch_size)
+        name, means = chosen.rejection_score, chosen.class_means
+        threshold, source = chosen.threshold, chosen.source
+    features, scores = compute_outputs(run_.model, run_.head, inputs.x, args.batch_size)
+    r = rejection_score(name, scores, features, means)
+    arg = scores.argmax(dim=1) if scores.shape[0] else torch.empty(0, dtype=torch.long)
+    pred = torch.where(r > threshold, arg, torch.full_like(arg, -1))
     classes = [str(c) for c in run_.classes]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "prediction", "class", "score", "accepted"])
-    for i, (p, s) in enumerate(zip(pred.tolist(), best.tolist())):
-        name = classes[p] if 0 <= p < len(classes) else ("" if p < 0 else str(p))
-        writer.writerow([i, p, name, repr(float(s)), int(p >= 0)])
-    atomic_write_bytes(buffer.getvalue().encode("utf-8"), args.out)
+    atomic_write_bytes(predictions_csv(inputs.ids, pred, r, classes), args.out)
     rejected = int((pred == -1).sum())
-    print(f"wrote {len(pred)} predictions to {args.out} (threshold {threshold:.6g}: {source}; "
-          f"{rejected} rejected)", file=sys.stderr)
+    shown = "-inf" if threshold == float("-inf") else f"{threshold:.6g}"
+    print(f"wrote {len(pred)} predictions to {args.out}; rejection score {name}, threshold "
+          f"{shown} ({source}); {rejected} rejected", file=sys.stderr)
+    if inputs.labels is not None and len(pred):
+        y = inputs.labels
+        # top-1 accuracy as evaluate's sw (ties count wrong) and accuracy with rejection
+        sw = float((predictions(scores, y) == y).double().mean())
+        kept = float((pred == y).double().mean())
+        print(f"labelled input: accuracy {100 * sw:.2f}% (top-1, {len(y)} samples); "
+              f"{100 * kept:.2f}% correct and accepted at the threshold", file=sys.stderr)
     return EXIT_OK

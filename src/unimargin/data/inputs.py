@@ -21,7 +21,8 @@ them itself. Accepted inputs (:func:`read_inputs`):
 - a CSV file with the training feature columns (by name, any order, extra columns ignored;
   the label column optional, returned as labels when present);
 - ``.npz`` (array ``x``, optional ``y``; or a single array), ``.npy``, ``.pt`` (a tensor,
-  loaded with ``weights_only=True``): one sample of ``in_shape`` or a batch of them.
+  loaded with ``weights_only=True``): one sample of ``in_shape`` or a batch of them (a
+  batch of 1-channel samples may omit the channel dimension: (N, L) for (1, L)).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def read_inputs(path: str | os.PathLike, preprocessing: dict) -> Inputs:
     x = out.x.to(torch.float32)
     if tuple(x.shape) == in_shape:  # one sample without a batch dimension
         x = x.unsqueeze(0)
+    elif len(in_shape) > 1 and in_shape[0] == 1 and tuple(x.shape[1:]) == in_shape[1:]:
+        x = x.unsqueeze(1)  # a batch of 1-channel samples saved without the channel dim
     if tuple(x.shape[1:]) != in_shape:
         raise ValueError(f"input {path}: samples of shape {tuple(x.shape[1:])}, but the model was trained on {in_shape}")
     if not torch.isfinite(x).all():

@@ -237,14 +237,20 @@ def _t_star(scores, labels) -> float:
     return float(uniform_accuracy(scores, labels).threshold)
 
 
-def run_splits(run):
+def run_splits(run, data_dir: str | None = None):
     """(x_train_fit, y_train_fit, x_val, y_val, splits) of a loaded run: the training
     samples the model was fitted on and the validation split, exactly as the engine made
-    them (:func:`unimargin.train.load_splits`: the run's data options and seed, SPEC §3.9)."""
+    them (:func:`unimargin.train.load_splits`: the run's data options and seed, SPEC §3.9).
+    ``data_dir`` overrides the run's dataset directory (the data moved)."""
+    import dataclasses
+
     from unimargin.train import load_splits
 
-    cfg = run.config
+    cfg = run.config if data_dir is None else dataclasses.replace(run.config, data_dir=data_dir)
     splits = load_splits(cfg)
+    if run.classes and [str(c) for c in splits.classes] != [str(c) for c in run.classes]:
+        raise ValueError(f"the dataset's classes {list(splits.classes)} differ from the "
+                         f"checkpoint's {list(run.classes)}")
     if splits.x_val is None or splits.x_val.shape[0] == 0:
         raise ValueError(f"run {run.path!r} has no validation split (val_fraction="
                          f"{cfg.val_fraction!r}); thresholds are chosen on "
@@ -265,6 +271,91 @@ def training_class_means(run, x_fit: torch.Tensor, y_fit: torch.Tensor,
 
     f, _ = _outputs(run, x_fit, batch_size)
     return class_means(f, y_fit, run.head.num_classes)
+
+
+def run_class_means(run, splits=None, batch_size: int = 1024) -> torch.Tensor:
+    """The training class means of a run (SPEC §2.9 ``centroid_cosine``): the ones stored in
+    its checkpoint (``LoadedRun.class_means``); recomputed from the training split only for
+    checkpoints written before they were stored. ``splits``: a callable returning
+    :func:`run_splits` (called only when needed)."""
+    if run.class_means is not None:
+        return run.class_means.float()
+    x_fit, y_fit, *_ = splits() if splits is not None else run_splits(run)
+    return training_class_means(run, x_fit, y_fit, batch_size).float()
+
+
+@dataclass
+class Deployment:
+    """The threshold a deployed model uses: value, why (``source``), the rejection score it
+    applies to, and the training class means when that score needs them."""
+
+    threshold: float
+    source: str
+    rejection_score: str
+    class_means: torch.Tensor | None = None
+
+
+def _lazy(fn):
+    box = []
+
+    def get():
+        if not box:
+            box.append(fn())
+        return box[0]
+    return get
+
+
+def deployment(run, *, rejection_score: str | None = None, threshold: float | None = None,
+               fit: bool = False, data_dir: str | None = None, splits=None,
+               batch_size: int = 1024) -> Deployment:
+    """The deployed threshold of a loaded run, in this order (SPEC §2.9, §3.8; never the
+    test split):
+
+    1. ``threshold`` (given by the user; must be finite);
+    2. unless ``fit``: the run's ``calibration.json`` (:func:`load_calibration`);
+    3. unless ``fit``, ``max_score`` only: the head's learned threshold (bce-u: b, bce-d: 0);
+    4. fitted on the run's validation split: ``max_score`` → t* (SPEC §3.2); other scores →
+       the largest threshold rejecting at most 5% of the known validation samples (the
+       open-set evaluation's rule, :func:`unimargin.metrics.evaluate.rejection_threshold`).
+
+    ``rejection_score`` defaults to the calibrated one, else ``max_score``; ``energy`` is
+    refused for heads without softmax logits. ``splits``: a callable returning
+    :func:`run_splits` (shared by callers that need the data anyway), default loaded lazily.
+    """
+    from unimargin.metrics.evaluate import SplitOutputs, rejection_threshold
+    from unimargin.metrics.rejection import check_score_for_head
+    from unimargin.metrics.rejection import rejection_score as rejection_score_fn
+
+    get_splits = splits or _lazy(lambda: run_splits(run, data_dir))
+    calibration = None if fit else load_calibration(run.path)
+    if rejection_score is None:
+        rejection_score = calibration["rejection_score"] if calibration else "max_score"
+    check_rejection_score(rejection_score)
+    check_score_for_head(rejection_score, run.head)
+    means = run_class_means(run, get_splits, batch_size) if needs_features(rejection_score) else None
+    if threshold is not None:
+        t = float(threshold)
+        if not math.isfinite(t):
+            raise ValueError(f"threshold must be finite, got {threshold!r}")
+        return Deployment(t, "given (threshold argument)", rejection_score, means)
+    if calibration is not None:
+        if calibration["rejection_score"] != rejection_score:
+            raise ValueError(
+                f"the run was calibrated for rejection score {calibration['rejection_score']!r}, "
+                f"not {rejection_score!r}: calibrate it for {rejection_score!r}, pass a "
+                f"threshold, or fit one on validation (--fit-threshold)")
+        return Deployment(float(calibration["threshold"]), calibration["source"],
+                          rejection_score, means)
+    learned = run.head.threshold
+    if not fit and rejection_score == "max_score" and learned is not None:
+        return Deployment(float(learned.detach().float()), f"learned threshold of "
+                          f"{run.config.head} (no calibration.json)", rejection_score, means)
+    _, _, x_val, y_val, _ = get_splits()
+    f, s = _outputs(run, x_val, batch_size)
+    val = SplitOutputs(f, s, y_val)
+    t, source = rejection_threshold(rejection_score, val, rejection_score_fn(rejection_score, s, f, means))
+    why = "--fit-threshold" if fit else "no calibration.json"
+    return Deployment(float(t), f"{source}, {why}", rejection_score, means)
 
 
 def _split_half(y: torch.Tensor, seed: int):
@@ -307,8 +398,11 @@ def calibrate_run(run_dir, objective: str, rejection_score: str = "max_score",
                          f"unknown-class data or frr=BETA")
     run = load_run(run_dir)
     cfg = run.config
+    from unimargin.metrics.rejection import check_score_for_head
+
+    check_score_for_head(rejection_score, run.head)
     x_fit, y_fit, x_val, y_val, splits = run_splits(run)
-    means = (training_class_means(run, x_fit, y_fit, batch_size)
+    means = (run_class_means(run, lambda: (x_fit, y_fit), batch_size)
              if needs_features(rejection_score) else None)
 
     unknown_val = unknown_test = None
@@ -367,8 +461,6 @@ def calibrate_run(run_dir, objective: str, rejection_score: str = "max_score",
         oracle = uniform_accuracy(test_scores, splits.y_test)
         result["test_oracle"] = {"t_star": float(oracle.threshold), "uni": float(oracle.uni),
                                  "note": "fitted on the test split: a reference, never deployed"}
-    if means is not None:
-        result["class_means"] = means.tolist()
     if write:
         from unimargin.io import atomic_write_bytes
 
@@ -412,4 +504,5 @@ def load_calibration(run_dir) -> dict | None:
 
 __all__ = ["CALIBRATION_FILE", "OBJECTIVES", "Outcomes", "outcomes", "parse_objective",
            "select_threshold", "figures", "clopper_pearson", "betainc", "beta_ppf",
-           "calibrate_run", "load_calibration", "run_splits", "training_class_means"]
+           "calibrate_run", "load_calibration", "run_splits", "training_class_means",
+           "run_class_means", "Deployment", "deployment"]

@@ -8,11 +8,12 @@ for the run's dataset; the input standardisation of the run is *inside* the grap
   (SPEC §2.9);
 - ``rejection_score``: (N,) float32, r_i (SPEC §2.9; :mod:`unimargin.metrics.rejection`).
 
-The batch dimension is dynamic. The threshold is baked into the graph; which one is chosen
-(in this order): the ``threshold`` argument; the run's ``calibration.json``
-(:func:`unimargin.deploy.calibrate.load_calibration`); the learned threshold of heads that
-have one (bce-u: b; bce-d: 0); else t* of the run's validation split
-(:func:`unimargin.metrics.evaluate.choose_threshold`). ONNX files carry metadata_props
+The batch dimension is dynamic. The threshold is baked into the graph; it is chosen by
+:func:`unimargin.deploy.calibrate.deployment` — the same order ``unimargin predict`` uses:
+the ``threshold`` argument; the run's ``calibration.json``; the learned threshold of heads
+that have one (bce-u: b; bce-d: 0; max_score only); else fitted on the run's validation
+split (max_score: t*; other scores: reject 5% of the known validation samples). The class
+means of ``centroid_cosine`` are the ones stored in the checkpoint. ONNX files carry metadata_props
 (class names, threshold and its source, rejection score, input shape, preprocessing outside
 the graph, unimargin version, head); ``.pt2`` files carry the same dict as the extra file
 ``unimargin.json`` (``torch.export.load(path, extra_files={"unimargin.json": ""})``).
@@ -34,7 +35,7 @@ import unimargin
 from unimargin.metrics.rejection import (check_rejection_score, needs_features,
                                          rejection_score_unchecked)
 
-from .calibrate import load_calibration, run_splits, training_class_means
+from .calibrate import deployment, run_splits
 
 FORMATS = ("onnx", "pt2")
 METADATA_FILE = "unimargin.json"  # the metadata's name inside a .pt2 archive
@@ -70,44 +71,6 @@ class InferenceGraph(nn.Module):
         pred = s.argmax(dim=1)
         label = torch.where(r > self.threshold, pred, torch.full_like(pred, -1))
         return s, label, r
-
-
-def _deployed_threshold(run, run_dir, rejection: str | None, threshold, cache: dict):
-    """(threshold, source, rejection score, class means or None) by the module's order."""
-    calibration = load_calibration(run_dir)
-    if rejection is None:
-        rejection = calibration["rejection_score"] if calibration else "max_score"
-    check_rejection_score(rejection)
-    means = None
-    if calibration and calibration.get("class_means") is not None and rejection == calibration["rejection_score"]:
-        means = torch.tensor(calibration["class_means"], dtype=torch.float32)
-    if needs_features(rejection) and means is None:
-        x_fit, y_fit = cache["splits"][0], cache["splits"][1]
-        means = training_class_means(run, x_fit, y_fit).float()
-    if threshold is not None:
-        t = float(threshold)
-        if t != t or t in (float("inf"), float("-inf")):
-            raise ValueError(f"threshold must be finite, got {threshold!r}")
-        return t, "given (threshold argument)", rejection, means
-    if calibration is not None:
-        if calibration["rejection_score"] != rejection:
-            raise ValueError(
-                f"the run was calibrated for rejection score {calibration['rejection_score']!r}, "
-                f"not {rejection!r}: calibrate it for {rejection!r} or pass a threshold")
-        return float(calibration["threshold"]), calibration["source"], rejection, means
-    if rejection != "max_score":
-        raise ValueError(f"no calibration.json for rejection score {rejection!r}: run "
-                         f"`unimargin calibrate --rejection-score {rejection}` or pass a threshold")
-    from unimargin.metrics.evaluate import choose_threshold, compute_outputs
-
-    _, _, x_val, y_val, _ = cache["splits"]
-    _, val_scores = compute_outputs(run.model, run.head, x_val, 1024)
-    t, source = choose_threshold(run.head, val_scores, y_val)
-    if source == "learned":
-        source = f"learned threshold of {run.config.head} (no calibration.json)"
-    else:
-        source = f"{source} (no calibration.json)"
-    return float(t), source, rejection, means
 
 
 def _preprocessing(cfg) -> str:
@@ -167,15 +130,16 @@ def export_run(run_dir, format: str = "onnx", out=None, threshold: float | None 
     if os.path.isdir(out):
         raise ValueError(f"out: {out!r} is a directory, expected a file path")
     run = load_run(run_dir)
-    cache = {"splits": run_splits(run)}
-    t, source, rejection, means = _deployed_threshold(run, run_dir, rejection_score, threshold,
-                                                      cache)
-    graph = InferenceGraph(run.model, run.head, rejection, t, means).eval()
-    meta = build_metadata(run, t, source, rejection)
+    splits = run_splits(run)  # the example input of the exporter comes from it
+    chosen = deployment(run, rejection_score=rejection_score, threshold=threshold,
+                        splits=lambda: splits)
+    graph = InferenceGraph(run.model, run.head, chosen.rejection_score, chosen.threshold,
+                           chosen.class_means).eval()
+    meta = build_metadata(run, chosen.threshold, chosen.source, chosen.rejection_score)
     with warnings.catch_warnings():
         # torch.export's own deprecation notices (pytree internals), not the user's concern
         warnings.simplefilter("ignore", FutureWarning)
-        data = _graph_bytes(graph, format, cache["splits"], meta)
+        data = _graph_bytes(graph, format, splits, meta)
     atomic_write_bytes(data, out)
     return {**meta, "path": out, "format": format}
 

@@ -160,7 +160,7 @@ def open_set_metrics(head: nn.Module, known_scores: torch.Tensor, known_labels: 
     return out
 
 
-class _Outputs(NamedTuple):
+class SplitOutputs(NamedTuple):
     """Features, scores and labels of one evaluated split."""
 
     features: torch.Tensor
@@ -168,36 +168,44 @@ class _Outputs(NamedTuple):
     labels: torch.Tensor
 
 
-def _rejection_threshold(name: str, head: nn.Module, val_r: torch.Tensor | None,
-                         val: _Outputs | None) -> tuple[float | None, str]:
-    """(threshold, source) of rejection score ``name``, from the validation split only.
+def rejection_threshold(name: str, val: SplitOutputs, val_r: torch.Tensor | None = None,
+                        head: nn.Module | None = None) -> tuple[float, str]:
+    """(threshold, source) of rejection score ``name``, from the validation split ``val``.
 
-    ``max_score``: :func:`choose_threshold` (the learned threshold, else t* of validation;
-    SPEC §2.9). Other scores have no learned counterpart and no per-class t*: the largest
-    threshold that rejects at most :data:`~unimargin.metrics.rejection.
-    OPEN_SET_KNOWN_REJECT_RATE` (5%) of the known validation samples (the 95%-TPR point of
-    out-of-distribution detection; exact, the sorting of deploy.calibrate's objectives).
-    Without a validation split only a learned threshold exists, else (None, reason).
+    ``max_score``: with ``head``, :func:`choose_threshold` (its learned threshold when it has
+    one); else t* of validation (SPEC §2.9, §3.2). Other scores have no learned counterpart
+    and no per-class t*: the largest threshold that rejects at most
+    :data:`~unimargin.metrics.rejection.OPEN_SET_KNOWN_REJECT_RATE` (5%) of the known
+    validation samples (the 95%-TPR point of out-of-distribution detection; exact, by the
+    sorting deploy.calibrate's objectives use). ``val_r``: the score of ``val`` if already
+    computed.
     """
     if name == "max_score":
-        if val is not None:
+        if head is not None:
             return choose_threshold(head, val.scores, val.labels)
-        learned = learned_threshold(head)
-        if learned is not None:
-            return learned, "learned"
-        return None, "none (no validation split)"
+        return float(uniform_accuracy(val.scores, val.labels).threshold), "t* (validation)"
     if val_r is None:
-        return None, "none (no validation split)"
+        raise ValueError(f"rejection_threshold({name!r}) needs the validation scores val_r")
     t = threshold_for_reject_rate(val_r, OPEN_SET_KNOWN_REJECT_RATE)
     return t, f"known reject rate {OPEN_SET_KNOWN_REJECT_RATE:g} (validation)"
 
 
-def _score_of(name: str, out: _Outputs, means) -> torch.Tensor:
+def _rejection_threshold(name: str, head: nn.Module, val_r, val) -> tuple[float | None, str]:
+    """:func:`rejection_threshold`; without a validation split only a learned threshold."""
+    if val is not None:
+        return rejection_threshold(name, val, val_r, head)
+    learned = learned_threshold(head) if name == "max_score" else None
+    if learned is not None:
+        return learned, "learned"
+    return None, "none (no validation split)"
+
+
+def _score_of(name: str, out: SplitOutputs, means) -> torch.Tensor:
     return rejection_score(name, out.scores, out.features, means)
 
 
-def open_set_score_keys(head: nn.Module, name: str, *, test: _Outputs, unknown: _Outputs,
-                        val: _Outputs | None = None, class_means=None) -> dict:
+def open_set_score_keys(head: nn.Module, name: str, *, test: SplitOutputs, unknown: SplitOutputs,
+                        val: SplitOutputs | None = None, class_means=None) -> dict:
     """The ``reject_*`` keys of one rejection score (SPEC §2.9, §3.7; flat names from
     :func:`~unimargin.metrics.keys.rejection_key`): AUROC of known-test vs unknown samples
     (threshold-free), and at the validation threshold of :func:`_rejection_threshold` the
@@ -240,14 +248,14 @@ def evaluate_open_set(model: nn.Module, head: nn.Module, *, x_val, y_val, x_test
     """
     def outputs(x, y):
         f, s = compute_outputs(model, head, x, batch_size, distributed=distributed)
-        return _Outputs(f, s, torch.as_tensor(y).long())
+        return SplitOutputs(f, s, torch.as_tensor(y).long())
 
     val = outputs(x_val, y_val) if x_val is not None and len(x_val) else None
     return _open_set_keys(head, outputs(x_test, y_test), outputs(x_unknown, y_unknown), val,
                           class_means)
 
 
-def _open_set_keys(head, test: _Outputs, unknown: _Outputs, val: _Outputs | None,
+def _open_set_keys(head, test: SplitOutputs, unknown: SplitOutputs, val: SplitOutputs | None,
                    class_means) -> dict:
     out = _verification_keys(unknown.features, unknown.labels)
     for name in REJECTION_SCORES:
@@ -280,8 +288,8 @@ def evaluate_model(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.
         uf, us = compute_outputs(model, head, x_unknown, batch_size, distributed=distributed)
         if x_val is not None and y_val is not None and len(x_val) > 0:
             vf, vs = compute_outputs(model, head, x_val, batch_size, distributed=distributed)
-            out.update(_open_set_keys(head, _Outputs(features, scores, y),
-                                      _Outputs(uf, us, y_unknown), _Outputs(vf, vs, y_val),
+            out.update(_open_set_keys(head, SplitOutputs(features, scores, y),
+                                      SplitOutputs(uf, us, y_unknown), SplitOutputs(vf, vs, y_val),
                                       class_means))
         else:
             out.update(open_set_metrics(head, scores, y, uf, us, y_unknown, threshold,

@@ -268,7 +268,7 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
     add_run_footer(doc, records, result.settings, result.overridden, result.command)
     others = [e for e in glossary_entries(metric_keys(records)) if e.anchor in _other_anchors(records)]
     if others:
-        doc.heading("Glossary of the other metrics")
+        doc.heading("More metrics: glossary")
         doc.glossary(others)
     return doc
 

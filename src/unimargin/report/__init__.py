@@ -2,8 +2,11 @@
 sweeps (``unimargin sweep``), their statistics, tables, plots and Markdown/HTML rendering.
 
 - :mod:`.stats` — mean ± std, paired t-test (Student-t CDF via the regularized incomplete
-  beta, no scipy), exact sign-flip permutation p-value.
-- :mod:`.records` — :class:`RunRecord` (one run as the report sees it).
+  beta, no scipy), 95 % t-interval, Holm adjustment, exact sign-flip permutation p-value.
+- :mod:`.records` — :class:`RunRecord` (one run as the report sees it), the tune.json reader.
+- :mod:`.verdict` — the SPEC §3.9 rule (better / worse / no detectable difference) and the
+  verdict sentences; :mod:`.glossary` — the glossary built from metrics/keys.py;
+  :mod:`.labels` — names, units, decimals and glossary links of metrics.
 - :mod:`.tables`, :mod:`.plots`, :mod:`.render` — building blocks of the reports.
 - :mod:`.compare`, :mod:`.sweep` — the compare and sweep documents.
 
@@ -14,7 +17,8 @@ See docs/compare.md for how to run and read a report.
 """
 
 from .records import RunOutputs, RunRecord
-from .stats import PairedTest, Summary, paired_t_test, sign_flip_p_value, summarize
+from .stats import PairedTest, Summary, holm_adjust, paired_t_test, sign_flip_p_value, summarize, t_interval
+from .verdict import Comparison, compare_heads
 
 __all__ = [
     "RunRecord",
@@ -24,6 +28,10 @@ __all__ = [
     "summarize",
     "paired_t_test",
     "sign_flip_p_value",
+    "t_interval",
+    "holm_adjust",
+    "Comparison",
+    "compare_heads",
     "write_compare_report",
     "write_sweep_report",
 ]

@@ -220,3 +220,23 @@ def test_data_conditions_change_the_training_split_only():
     noisy = load_splits(resolve_config(TrainConfig(dataset="digits", label_noise=0.2)))
     flipped = float((noisy.y_train != base.y_train).double().mean())
     assert 0.15 < flipped < 0.25 and torch.equal(noisy.y_val, base.y_val)
+
+
+def test_meta_device_models_and_tensors_give_clear_errors(tmp_path):
+    from torch import nn
+
+    from unimargin import build_head
+    from unimargin.metrics import uniform_accuracy
+
+    def meta_backbone(in_shape, feat_dim):
+        with torch.device("meta"):
+            return nn.Sequential(nn.Flatten(), nn.Linear(40, feat_dim))
+
+    with pytest.raises(ValueError, match="meta device.*'1.weight'"):
+        train(TrainConfig(out=str(tmp_path / "m"), head="softmax", epochs=1, **SMALL),
+              build_backbone=meta_backbone)
+    with pytest.raises(ValueError, match="scores is a meta-device tensor"):
+        uniform_accuracy(torch.empty(4, 3, device="meta"), torch.zeros(4, dtype=torch.long))
+    head = build_head("lmdl", 3, 4)
+    with pytest.raises(ValueError, match="features or the head's weights are meta-device"):
+        head(torch.empty(4, 4, device="meta"), torch.zeros(4, dtype=torch.long))

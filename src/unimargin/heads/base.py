@@ -130,6 +130,9 @@ class Head(nn.Module):
     def check_features(self, features, arg: str = "features") -> None:
         if not isinstance(features, Tensor):
             raise TypeError(f"{arg} must be a torch.Tensor, got {type(features).__name__}")
+        if features.is_meta or self.weight.is_meta:
+            raise ValueError(f"{arg} or the head's weights are meta-device tensors (shapes "
+                             f"without data); materialise them (to_empty() + load weights) first")
         if not features.is_floating_point():
             raise TypeError(f"{arg} must be a floating-point tensor, got dtype {features.dtype}")
         if features.dim() != 2:

@@ -7,6 +7,10 @@ import torch
 
 def as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
+        if x.is_meta:
+            raise ValueError(f"{name} is a meta-device tensor (a shape without data); pass "
+                             f"real values (e.g. materialise the model with to_empty() and "
+                             f"load its weights first)")
         # metrics run on CPU (a no-op for CPU tensors; one copy for accelerator tensors)
         return x.detach().cpu()
     try:

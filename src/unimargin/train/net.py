@@ -88,6 +88,14 @@ def build_net(cfg: TrainConfig, in_shape, num_classes: int, mean=None, std=None,
         backbone = build_model(cfg.model, tuple(in_shape), cfg.feat_dim)
     else:
         backbone = build_backbone(tuple(in_shape), cfg.feat_dim)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"model {cfg.model!r}: the factory returned {type(backbone).__name__}, "
+                        f"expected a torch.nn.Module")
+    meta = [name for name, t in [*backbone.named_parameters(), *backbone.named_buffers()] if t.is_meta]
+    if meta:
+        raise ValueError(f"model {cfg.model!r}: parameters on the meta device (no data), e.g. "
+                         f"{meta[0]!r}; the factory must return a model with real weights "
+                         f"(call to_empty() and initialise or load them)")
     head = build_head(cfg.head, num_classes, cfg.feat_dim, **cfg.head_params)
     return UnimarginNet(backbone, head, mean, std, bf16=cfg.bf16,
                         max_feature_norm=cfg.max_feature_norm)

@@ -1,4 +1,5 @@
-"""`unimargin calibrate` and `unimargin export` as subprocesses (the installed entry point)."""
+"""`unimargin calibrate`, `export` and `predict` as subprocesses (the installed entry point);
+export -> onnxruntime == predict for every head."""
 
 from __future__ import annotations
 
@@ -65,3 +66,54 @@ def test_export_uses_calibration_and_refuses_overwrite(run_dir, tmp_path):
     pt2 = str(tmp_path / "m.pt2")
     proc = _cli("export", "--checkpoint", run_dir, "--format", "pt2", "--out", pt2)
     assert os.path.getsize(pt2) > 0 and "pt2" in proc.stderr
+
+
+# --------------------------------------------------------------- export == predict
+COMMON = dict(batch_size=64, feat_dim=16, quiet=True, num_threads=1, epochs=1)
+DATASETS = {"mnist1d": dict(limit_train=300, limit_test=300), "digits": dict(limit_train=400)}
+
+
+def _heads():
+    import unimargin
+
+    return unimargin.list_heads()
+
+
+# digits repeats the 8-head check on images: marked slow (run with -m slow)
+@pytest.mark.parametrize("dataset", ["mnist1d", pytest.param("digits", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("head", _heads())
+def test_onnxruntime_gives_the_labels_of_unimargin_predict(dataset, head, tmp_path):
+    """issue 14: export -> onnxruntime on the real test split gives the labels `unimargin
+    predict` (a subprocess, default threshold on both sides) writes, on every sample, and
+    the rejection scores within 1e-4."""
+    import csv
+
+    import onnxruntime as ort
+
+    from unimargin.deploy.export import export_run
+    from unimargin.train import TrainConfig, load_run, load_splits, train
+
+    run_dir = str(tmp_path / "run")
+    train(TrainConfig(dataset=dataset, head=head, out=run_dir, **COMMON, **DATASETS[dataset]))
+    x = load_splits(load_run(run_dir).config).x_test
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=x.numpy())
+    model = str(tmp_path / "m.onnx")
+    meta = export_run(run_dir, "onnx", model)
+    out = tmp_path / "p.csv"
+    proc = _cli("predict", "--checkpoint", run_dir, "--input", str(inputs), "--out", str(out))
+    assert meta["threshold_source"] in proc.stderr  # the same default threshold, said so
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels_cli = np.array([int(r["prediction"]) for r in rows])
+    score_cli = np.array([float(r["score"]) for r in rows])
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    scores, labels, r = sess.run(None, {"x": x.numpy()})
+    assert len(rows) == x.shape[0] == labels.shape[0]
+    np.testing.assert_array_equal(labels, labels_cli)
+    np.testing.assert_allclose(r, score_cli, rtol=0, atol=1e-4)
+    run = load_run(run_dir)
+    from unimargin.metrics.evaluate import compute_outputs
+
+    _, s_ref = compute_outputs(run.model, run.head, x)
+    np.testing.assert_allclose(scores, s_ref.numpy(), rtol=0, atol=1e-4)

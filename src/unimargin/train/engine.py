@@ -227,6 +227,9 @@ class TrainCallback:
     - ``before_checkpoint_replace(path, tmp_path)``: the new checkpoint is complete in
       ``tmp_path`` and about to replace ``path`` (tests kill the process here to check that
       a save is atomic).
+    - ``on_validation_scores(epoch, scores, labels)``: the epoch's validation scores (every
+      process under torchrun; e.g. :mod:`unimargin.train.tensorboard` histograms them).
+    - ``close()``: the run has ended, normally or not.
     """
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
@@ -234,6 +237,12 @@ class TrainCallback:
 
     def before_checkpoint_replace(self, path: str, tmp_path: str) -> None:
         pass
+
+    def on_validation_scores(self, epoch: int, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """The epoch's validation scores (N×K) and labels, before ``on_epoch_end``."""
+
+    def close(self) -> None:
+        """The run has ended (also after an error)."""
 
 
 def train(cfg: TrainConfig, build_backbone: Callable | None = None,
@@ -345,9 +354,15 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple, explicit: set) ->
     try:
         if run_dir is not None:
             run_dir.open(check=lambda: check_out_dir(cfg))
+            if cfg.tensorboard:
+                from .tensorboard import TensorBoardCallback
+
+                callbacks = callbacks + (TensorBoardCallback(run_dir.file("tensorboard")),)
         return _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, device,
                     run_dir, callbacks, log, t_start)
     finally:
+        for cb in callbacks:
+            cb.close()
         if run_dir is not None:
             run_dir.close()
 
@@ -422,7 +437,8 @@ def _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, devi
             if bad is not None:
                 raise Diverged(f"parameter/buffer {bad!r} holds NaN/Inf after epoch {epoch}",
                                epoch=epoch, step=None, term=bad)
-            val = _evaluate_split(cfg, net, splits.x_val, splits.y_val, epoch, "validation") if has_val else None
+            val = (_evaluate_split(cfg, net, splits.x_val, splits.y_val, epoch, "validation",
+                                   callbacks) if has_val else None)
         except Diverged as exc:
             status, message = "diverged", str(exc)
             diverged_info = {"epoch": exc.epoch, "step": exc.step, "term": exc.term}
@@ -610,9 +626,11 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
             "lr": lr_at_start}
 
 
-def _evaluate_split(cfg, net, x, y, epoch: int, split: str) -> dict:
+def _evaluate_split(cfg, net, x, y, epoch: int, split: str, callbacks=()) -> dict:
     features, scores = compute_outputs(net, net.head, x, cfg.eval_batch_size, distributed=True)
     check_eval_outputs(features, scores, epoch, cfg.max_feature_norm, split)
+    for cb in callbacks:
+        cb.on_validation_scores(epoch, scores, y)
     return evaluate_outputs(features, scores, y, net.head)
 
 

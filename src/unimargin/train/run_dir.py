@@ -26,7 +26,7 @@ from .net import UnimarginNet, build_net
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"     # select_epoch=best: the kept model (last.pt resumes)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT_DIR)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", CHECKPOINT_DIR, "tensorboard")
 
 
 def checkpoint_path(run_dir: str, name: str = LAST_CHECKPOINT) -> str:

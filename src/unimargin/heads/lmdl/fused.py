@@ -96,7 +96,9 @@ class LMDLFusedStep(torch.autograd.Function):
         # z̄ = W m̄_c + b (K×d×K, not K×B×K); absent rows (b, not Aᵀ Z = 0) carry weight 0
         zbar = mean.mm(weight.t()) if bias is None else torch.addmm(bias, mean, weight.t())
         numer = zbar.diagonal().unsqueeze(1) - zbar
-        pair_dist = torch.cdist(weight, weight)                                # ‖w_c − w_j‖
+        # ‖w_c − w_j‖ from the differences: cdist's default switches to the expansion
+        # ‖a‖² + ‖b‖² − 2aᵀb above 25 rows, which cancels for near-duplicate weights (SPEC §2.6)
+        pair_dist = torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist")
         inv_dist = pair_dist.clamp_min(1e-12).reciprocal_()
         dist = torch.addcmul(self_inf, numer, inv_dist)                        # d_cj, +inf at j = c
         if max_aggregation:
@@ -122,8 +124,20 @@ class LMDLFusedStep(torch.autograd.Function):
         return loss, logits_t.t()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_logits):
+        # grad mode is on in a backward exactly when create_graph=True: this hand-derived
+        # backward records no graph, so say so rather than return silent zero second derivatives
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "lmdl: second-order gradients (create_graph=True) are not supported through the fused "
+                "single-process step (LMDLFusedStep, K <= FUSED_MAX_K = 64); run the head's forward inside "
+                "`with unimargin.heads.lmdl.autograd_path(): ...` to use THE formula (heads/lmdl/terms.py) "
+                "under autograd, which supports them")
+        with torch.no_grad():
+            return LMDLFusedStep._backward(ctx, grad_loss, grad_logits)
+
+    @staticmethod
+    def _backward(ctx, grad_loss, grad_logits):
         features, weight = ctx.saved_tensors
         max_aggregation, compact_coef, margin_coef, reg_coef, has_bias, delta_d = ctx.hp
         if ctx.kernel is not None:

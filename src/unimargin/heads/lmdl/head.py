@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 
 import torch
@@ -19,10 +21,27 @@ from .terms import AGGREGATIONS, _identity, lmdl_terms
 FUSED_MAX_K = 64
 
 
+_local = threading.local()  # autograd_path() nesting depth, per thread (like torch.no_grad)
+
+
 def uses_fused_step(num_classes: int, distributed: bool) -> bool:
     """The dispatch rule: the fused step (one autograd node, compiled kernel where it
-    applies) on one process for K <= FUSED_MAX_K; :func:`lmdl_terms` otherwise."""
-    return num_classes <= FUSED_MAX_K and not distributed
+    applies) on one process for K <= FUSED_MAX_K, outside :func:`autograd_path`;
+    :func:`lmdl_terms` otherwise."""
+    return num_classes <= FUSED_MAX_K and not distributed and not getattr(_local, "depth", 0)
+
+
+@contextlib.contextmanager
+def autograd_path():
+    """Inside this block (this thread) :class:`LMDLHead` runs THE formula, :func:`lmdl_terms`,
+    under autograd at every K: same values, slower at small K, and it supports second-order
+    gradients (``torch.autograd.grad(..., create_graph=True)``), which the fused step's
+    hand-derived backward refuses with a RuntimeError."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
 
 
 @register_head('lmdl', recommended=CAREFUL)

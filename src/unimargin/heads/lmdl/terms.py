@@ -54,8 +54,16 @@ def lmdl_terms(
 
     ``reduce`` sums a tensor over data-parallel processes (differentiably); it is applied
     to the per-class feature sums, counts and per-class sums of compactness hinges, so
-    every term equals the single-process value on the concatenated batch. The pairwise
-    distances use ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j (no P×K×d tensor).
+    every term equals the single-process value on the concatenated batch.
+
+    Numerics (SPEC §2.6): every d_cj that enters the loss (and its gradient) is computed
+    from the difference vector w_c − w_j, never from ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j, which
+    cancels in float32 when ‖w_c − w_j‖ ≪ ‖w‖. Max aggregation uses the expansion only to
+    rank candidates for j*(c), with a rounding-error bound deciding which are "near" the
+    minimum (:func:`_margin_candidates`); mean aggregation sums the hinge over difference
+    vectors in bounded-memory blocks (:class:`_MeanMarginHinge`). Norms at 0 (singleton
+    classes, identical weights) have gradient 0 to every order (:func:`safe_norm`), so
+    second-order gradients (``create_graph=True``) are finite and exact elsewhere.
     ``logits`` (optional, = W f + b of this batch) saves a matmul: W m̄_c + b is the class
     mean of the logits. It is only used without ``reduce`` (local batch = whole batch).
     """
@@ -81,69 +89,224 @@ def lmdl_terms(
     centroid_p = torch.where(seen.detach()[present][:, None], torch.lerp(mean_p, history, momentum), mean_p)
 
     # compactness: per-sample hinge, averaged per class, then over classes
-    dist_to_centroid = torch.linalg.vector_norm(features - centroid_p[rows], dim=1)  # grad 0 at 0
-    hinge_sq = F.relu(dist_to_centroid - delta_v).pow(2)
+    resid = features - centroid_p[rows]
+    if delta_v == 0:  # [‖r‖]₊² = ‖r‖²: smooth, and its second derivative at r = 0 is 2I, not 0
+        hinge_sq = resid.square().sum(1)
+    else:  # safe_norm: a singleton unseen class has r = 0 exactly (NaN second derivative otherwise)
+        hinge_sq = F.relu(safe_norm(resid) - delta_v).square()
     hinge_per_class = reduce(features.new_zeros(present.numel()).index_add(0, rows, hinge_sq))
     compact = (hinge_per_class / counts).sum() / n_present
 
     if aggregation == "max":
-        centroid_logits = None
-        if logits is not None and reduce is _identity:
-            with torch.no_grad():  # in place: P×K temporaries are megabytes at large K
+        with torch.no_grad():
+            if logits is not None and reduce is _identity:  # in place: P×K temporaries are megabytes at large K
                 centroid_logits = logits.new_zeros((present.numel(), num_classes)).index_add_(0, rows, logits)
                 centroid_logits /= counts[:, None]
-        per_class = _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits)
+                # bounds the rounding of a mean of n logits (see _margin_candidates)
+                scale = features.new_zeros(present.numel()).index_add_(
+                    0, rows, torch.linalg.vector_norm(features.detach(), dim=1)) / counts
+                n_max = int(counts.max()) if counts.numel() else 0
+            else:
+                centroid_logits, scale, n_max = None, torch.linalg.vector_norm(mean_p.detach(), dim=1), 0
+        per_class = _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits, scale, n_max)
     else:
         per_class = _mean_margin_hinge(mean_p, present, weight, bias, delta_d)
     margin = per_class.sum() / n_present
 
-    reg = torch.linalg.vector_norm(centroid_p, dim=1).sum() / n_present
+    reg = safe_norm(centroid_p).sum() / n_present
     return LMDLTerms(compact, margin, reg, present, centroid_p.detach())
 
 
-def _pair_distances(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tensor | None,
-                    centroid_logits: Tensor | None = None) -> Tensor:
-    """d_cj (P×K) for every present class c and every class j (the j = c entry is junk).
+# Elements per block of difference vectors (P_b × K × d): 16 MiB of float32 temporaries
+_BLOCK = 1 << 22
 
-    numerator z_c(m̄_c) − z_j(m̄_c) with z(m̄_c) = W m̄_c + b (or ``centroid_logits``);
-    ‖w_c − w_j‖² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j, so no P×K×d tensor is formed.
+
+def safe_norm(x: Tensor) -> Tensor:
+    """‖x‖₂ over the last dim with gradient 0 at x = 0 to every order.
+
+    ``torch.linalg.vector_norm`` has the subgradient 0 at 0 to first order but its second
+    derivative there is NaN (a singleton class, unseen, has residual exactly 0); the double
+    ``where`` keeps the square root away from 0 in both passes.
     """
+    sq = x.square().sum(-1)
+    nonzero = sq > 0
+    return torch.where(nonzero, torch.where(nonzero, sq, 1.0).sqrt(), 0.0)
+
+
+def unit_roundoff(*tensors: Tensor) -> float:
+    """The unit roundoff u of the least precise arithmetic the tensors' matmuls run in:
+    finfo(dtype).eps / 2, and 2^-11 for float32 on CUDA when TF32 matmuls are allowed
+    (``torch.backends.cuda.matmul.allow_tf32`` / ``set_float32_matmul_precision``)."""
+    u = 0.0
+    for t in tensors:
+        if t is None:
+            continue
+        eps = torch.finfo(t.dtype).eps / 2
+        if t.dtype == torch.float32 and t.device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+            eps = 2.0 ** -11 if torch.get_float32_matmul_precision() == "high" else 2.0 ** -8
+        u = max(u, eps)
+    return u
+
+
+def _margin_candidates(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tensor | None,
+                       centroid_logits: Tensor | None, feature_scale: Tensor, n_max: int) -> Tensor:
+    """Boolean P×K: the classes j ≠ c that may attain min_j d_cj, from the cheap expansion.
+
+    The expansion d̂_cj = (ẑ_cc − ẑ_cj) / √(‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j) (one P×K×d matmul,
+    no P×K×d tensor) can be arbitrarily wrong when ‖w_c − w_j‖ ≪ ‖w‖, so it only ranks.
+    "Near the minimum" is defined by a-priori rounding-error bounds, so that the true
+    arg-min is never excluded: with u the unit roundoff (:func:`unit_roundoff`) and
+    τ = 2 (d + n_max + 8) u (twice the classical γ_n bound of an n-term dot product / mean),
+
+    - |D̂² − D²| ≤ e_D = τ (‖w_c‖² + ‖w_j‖²), so D ∈ [√max(D̂² − e_D, 0), √(D̂² + e_D)],
+      both floored at the 1e-12 guard;
+    - |n̂ − n| ≤ e_n = τ (S_c + S_j) + 2u |n̂|, S_k = ‖w_k‖ a_c + |b_k|, a_c = mean ‖f_i‖
+      over the class (≥ ‖m̄_c‖; it also bounds the class-mean-of-logits shortcut);
+
+    hence d_cj ∈ [lo_cj, hi_cj], and every j with lo_cj ≤ min_k hi_ck is a candidate. With
+    well-separated weights this is one or two classes per row; with near-duplicates
+    (‖w‖/‖w_c − w_j‖ ≳ 1/√τ) it grows, up to every class, and the exact re-check pays
+    for it (blocked, bounded memory).
+    """
+    num_classes, dim = weight.shape
+    u = unit_roundoff(mean_p, weight, centroid_logits)
+    tau = 2.0 * (dim + n_max + 8) * u
     z = F.linear(mean_p, weight, bias) if centroid_logits is None else centroid_logits  # (P, K)
     numer = z.gather(1, present[:, None]) - z
-    sq_norm = torch.linalg.vector_norm(weight, dim=1).square()  # no K×d temporary
+    w_norm = torch.linalg.vector_norm(weight, dim=1)
+    sq_norm = w_norm.square()
     denom_sq = torch.addmm(sq_norm[present][:, None] + sq_norm[None, :], weight[present], weight.t(), alpha=-2.0)
-    if torch.is_grad_enabled():
-        return numer * denom_sq.clamp_min(1e-24).rsqrt()                 # ÷ max(‖w_c−w_j‖, 1e-12)
-    return numer.mul_(denom_sq.clamp_min_(1e-24).rsqrt_())  # the arg-min search: in place
+    err_d = tau * (sq_norm[present][:, None] + sq_norm[None, :])
+    d_lo = (denom_sq - err_d).clamp_min_(0.0).sqrt_().clamp_min_(1e-12)
+    d_hi = (denom_sq + err_d).clamp_min_(0.0).sqrt_().clamp_min_(1e-12)
+    scale = w_norm[None, :] * feature_scale[:, None]  # S_ck without the bias
+    if bias is not None:
+        scale = scale + bias.abs()[None, :]
+    err_n = tau * (scale.gather(1, present[:, None]) + scale) + 2 * u * numer.abs()
+    n_lo, n_hi = numer - err_n, numer + err_n
+    lo = torch.where(n_lo >= 0, n_lo / d_hi, n_lo / d_lo)
+    hi = torch.where(n_hi >= 0, n_hi / d_lo, n_hi / d_hi)
+    rows = torch.arange(present.numel(), device=mean_p.device)
+    hi[rows, present] = float("inf")
+    lo[rows, present] = float("inf")
+    return lo <= hi.amin(1, keepdim=True)
+
+
+def _pair_distance(mean_rows: Tensor, w_c: Tensor, w_j: Tensor, b_c: Tensor | None, b_j: Tensor | None):
+    """d_cj for paired rows from the difference vector w_c − w_j (exact in float32 when the
+    two are close: Sterbenz), never from the expansion: (d, diff, numer, ‖diff‖)."""
+    diff = w_c - w_j
+    numer = (diff * mean_rows).sum(-1)
+    if b_c is not None:
+        numer = numer + (b_c - b_j)
+    norm = safe_norm(diff)
+    return numer / norm.clamp_min(1e-12), diff, numer, norm
+
+
+def _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits, feature_scale, n_max) -> Tensor:
+    """max_{j≠c} [δ_d − d_cj]₊ = [δ_d − min_{j≠c} d_cj]₊ per present class.
+
+    The max only passes gradient to its arg-max pair. Without autograd, the expansion
+    selects the candidates (:func:`_margin_candidates`), the candidates' d_cj are computed
+    exactly from difference vectors (blocked) and j*(c) is their arg-min (lowest j on
+    ties); then d_{c,j*} is recomputed from w_c − w_{j*} with gradient: the value and
+    gradient of differentiating the full P×K matrix, with no P×K×d backward and no
+    cancellation in what enters the loss.
+    """
+    n = present.numel()
+    num_classes, dim = weight.shape
+    with torch.no_grad():
+        cand = _margin_candidates(mean_p, present, weight, bias, centroid_logits, feature_scale, n_max)
+        row, col = cand.nonzero(as_tuple=True)
+        exact = torch.empty(row.numel(), dtype=mean_p.dtype, device=mean_p.device)
+        step = max(1, _BLOCK // max(dim, 1))
+        for lo in range(0, row.numel(), step):  # one pass unless near-duplicates make many candidates
+            r, j = row[lo:lo + step], col[lo:lo + step]
+            c = present[r]
+            exact[lo:lo + step] = _pair_distance(mean_p[r], weight[c], weight[j], None if bias is None else bias[c],
+                                                 None if bias is None else bias[j])[0]
+        best = exact.new_full((n,), float("inf")).scatter_reduce_(0, row, exact, "amin")
+        first = col.masked_fill(exact != best[row], num_classes)
+        nearest = torch.full_like(present, num_classes).scatter_reduce_(0, row, first, "amin")
+        nearest = torch.where(nearest == num_classes, present, nearest)  # K = 1: no j ≠ c
+    pairs = torch.cat([present, nearest])  # one gather (and one scatter in backward) for both ends
+    w_pairs = weight[pairs]
+    b_pairs = None if bias is None else bias[pairs]
+    d_nearest = _pair_distance(mean_p, w_pairs[:n], w_pairs[n:], None if bias is None else b_pairs[:n],
+                               None if bias is None else b_pairs[n:])[0]
+    return F.relu(delta_d - d_nearest)
 
 
 def _mean_margin_hinge(mean_p, present, weight, bias, delta_d) -> Tensor:
-    """mean_{j≠c} [δ_d − d_cj]₊ per present class (fully differentiable P×K path)."""
-    hinge = F.relu(delta_d - _pair_distances(mean_p, present, weight, bias))
-    is_self = torch.zeros_like(hinge, dtype=torch.bool)
-    is_self[torch.arange(present.numel(), device=hinge.device), present] = True
-    return hinge.masked_fill(is_self, 0.0).sum(1) / (weight.shape[0] - 1)
+    """mean_{j≠c} [δ_d − d_cj]₊ per present class, every d_cj from the difference vector
+    w_c − w_j (no cancellation), blocked over the present classes so that no more than
+    :data:`_BLOCK` elements of P×K×d exist at once, forward and backward
+    (:class:`_MeanMarginHinge`; its backward is differentiable: double backward works)."""
+    return _MeanMarginHinge.apply(mean_p, weight, bias, present, float(delta_d))
 
 
-def _max_margin_hinge(mean_p, present, weight, bias, delta_d, centroid_logits=None) -> Tensor:
-    """max_{j≠c} [δ_d − d_cj]₊ = [δ_d − min_{j≠c} d_cj]₊ per present class.
+class _MeanMarginHinge(torch.autograd.Function):
+    """h_c = Σ_{j≠c} [δ_d − d_cj]₊ / (K − 1), d_cj = (Δ_cjᵀ m̄_c + b_c − b_j) / max(‖Δ_cj‖, 1e-12),
+    Δ_cj = w_c − w_j, recomputed block by block in the backward (memory O(block), not O(P·K·d)).
 
-    The max only passes gradient to its arg-max pair, so the P×K distances are computed
-    without autograd to find j*(c) = argmin_j d_cj, and d_{c,j*} is recomputed with the
-    direct formula and gradient: the same value and gradient as differentiating the full
-    P×K matrix, at a third of the cost (no P×K×d backward matmuls).
+    With G_cj = ∂L/∂h_c · [hinge active, j ≠ c] / (K − 1), D = max(‖Δ‖, 1e-12):
+    A = ∂L/∂numer = −G/D, C = ∂L/∂‖Δ‖ = G·numer/D² (0 where clamped);
+    ∂L/∂Δ_cj = A_cj m̄_c + C_cj Δ_cj/‖Δ_cj‖; ∂L/∂m̄_c = Σ_j A_cj Δ_cj;
+    ∂L/∂w_c += Σ_j ∂L/∂Δ_cj, ∂L/∂w_j −= Σ_c ∂L/∂Δ_cj; ∂L/∂b_c += Σ_j A_cj, ∂L/∂b_j −= Σ_c A_cj.
+    The backward uses differentiable tensor ops on the saved inputs, so create_graph works.
     """
-    with torch.no_grad():
-        dist = _pair_distances(mean_p, present, weight, bias, centroid_logits)
-        dist[torch.arange(present.numel(), device=dist.device), present] = float("inf")
-        nearest = dist.argmin(1) if present.numel() else present
-    n = present.numel()
-    pairs = torch.cat([present, nearest])  # one gather (and one scatter in backward) for both ends
-    w_pairs = weight[pairs]
-    diff = w_pairs[:n] - w_pairs[n:]
-    numer = (diff * mean_p).sum(1)
+
+    @staticmethod
+    def forward(ctx, mean_p, weight, bias, present, delta_d):
+        ctx.save_for_backward(mean_p, weight, bias, present)
+        ctx.delta_d = delta_d
+        out = mean_p.new_empty(present.numel())
+        for rows in _row_blocks(present.numel(), weight.shape):
+            dist, *_ = _block_distances(mean_p, weight, bias, present, rows)
+            out[rows] = F.relu(delta_d - dist).sum(1)  # the self pair is +inf: hinge 0
+        return out / max(weight.shape[0] - 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        mean_p, weight, bias, present = ctx.saved_tensors
+        num_classes = weight.shape[0]
+        grad_mean, grad_weight = [], torch.zeros_like(weight)
+        grad_bias = None if bias is None else torch.zeros_like(bias)
+        for rows in _row_blocks(present.numel(), weight.shape):
+            dist, diff, numer, norm, clamped = _block_distances(mean_p, weight, bias, present, rows)
+            g = (grad_out[rows] / max(num_classes - 1, 1))[:, None] * (ctx.delta_d - dist > 0)
+            inv = norm.clamp_min(1e-12).reciprocal()
+            a = -g * inv                                                   # ∂L/∂numer
+            inv_free = torch.where(clamped, 0.0, inv)  # the guard passes no gradient (and no 0·inf)
+            c_over_norm = g * numer * inv_free.square() * inv_free                 # (∂L/∂‖Δ‖)/‖Δ‖
+            grad_mean.append(torch.bmm(a[:, None, :], diff).squeeze(1))
+            m = mean_p[rows]
+            to_c = a.sum(1)[:, None] * m + torch.bmm(c_over_norm[:, None, :], diff).squeeze(1)
+            to_j = a.t().mm(m) + torch.einsum("ck,ckd->kd", c_over_norm, diff)
+            grad_weight = grad_weight.index_add(0, present[rows], to_c) - to_j
+            if bias is not None:
+                grad_bias = grad_bias.index_add(0, present[rows], a.sum(1)) - a.sum(0)
+        grad_mean = torch.cat(grad_mean) if grad_mean else torch.zeros_like(mean_p)
+        return grad_mean, grad_weight, grad_bias, None, None
+
+
+def _row_blocks(n_rows: int, weight_shape) -> list[slice]:
+    num_classes, dim = weight_shape
+    step = max(1, _BLOCK // max(num_classes * dim, 1))
+    return [slice(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
+
+
+def _block_distances(mean_p, weight, bias, present, rows: slice):
+    """For present rows ``rows``: d_cj (+inf at j = c), Δ_cj = w_c − w_j (P_b×K×d), numer, ‖Δ‖ and
+    whether the 1e-12 guard is active."""
+    cls = present[rows]
+    diff = weight[cls][:, None, :] - weight[None, :, :]
+    numer = torch.bmm(diff, mean_p[rows][:, :, None]).squeeze(2)
     if bias is not None:
-        b_pairs = bias[pairs]
-        numer = numer + (b_pairs[:n] - b_pairs[n:])
-    d_nearest = numer / torch.linalg.vector_norm(diff, dim=1).clamp_min(1e-12)
-    return F.relu(delta_d - d_nearest)
+        numer = numer + (bias[cls][:, None] - bias[None, :])
+    norm = safe_norm(diff)
+    clamped = norm < 1e-12
+    dist = numer / norm.clamp_min(1e-12)
+    is_self = torch.zeros_like(dist, dtype=torch.bool)
+    is_self[torch.arange(cls.numel(), device=dist.device), cls] = True
+    return dist.masked_fill(is_self, float("inf")), diff, numer, norm, clamped

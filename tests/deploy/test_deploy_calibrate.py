@@ -214,3 +214,41 @@ def test_load_calibration_missing_and_corrupt(tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps({"format": "x"}))
     with pytest.raises(ValueError, match="not a unimargin calibration"):
         load_calibration(tmp_path)
+
+
+def test_deployment_order_given_calibrated_learned_fitted(bce_run):
+    from unimargin.deploy.calibrate import deployment, run_splits
+    from unimargin.metrics.evaluate import compute_outputs
+    from unimargin.metrics.rejection import rejection_score, threshold_for_reject_rate
+    from unimargin.train import load_run
+
+    stale = os.path.join(bce_run, "calibration.json")  # written by the tests above
+    if os.path.exists(stale):
+        os.unlink(stale)
+    run = load_run(bce_run)
+    b = float(run.head.threshold)
+    assert deployment(run, threshold=0.25).threshold == 0.25
+    learned = deployment(run)
+    assert learned.threshold == pytest.approx(b) and "learned threshold of bce-u" in learned.source
+    _, _, x_val, y_val, _ = run_splits(run)
+    f, s = compute_outputs(run.model, run.head, x_val)
+    fitted = deployment(run, fit=True)
+    assert fitted.threshold == uniform_accuracy(s, y_val).threshold
+    assert fitted.source == "t* (validation), --fit-threshold"
+    cc = deployment(run, rejection_score="centroid_cosine")
+    assert torch.equal(cc.class_means, run.class_means)  # the checkpoint's, not recomputed
+    r = rejection_score("centroid_cosine", s, f, run.class_means)
+    assert cc.threshold == threshold_for_reject_rate(r, 0.05)
+    with pytest.raises(ValueError, match="softmax cross-entropy only"):
+        deployment(run, rejection_score="energy")
+    cal = calibrate_run(bce_run, "far=0.02")
+    try:
+        chosen = deployment(run)
+        assert chosen.threshold == cal["threshold"] and chosen.source.startswith("calibrated")
+        assert deployment(run, fit=True).threshold == fitted.threshold  # fit skips it
+        with pytest.raises(ValueError, match="calibrated for rejection score 'max_score'"):
+            deployment(run, rejection_score="centroid_cosine")
+    finally:
+        os.unlink(cal["path"])
+    with pytest.raises(ValueError, match="finite"):
+        deployment(run, threshold=float("inf"))

@@ -36,6 +36,8 @@ def test_resolve_fills_only_unset_optimizer_fields():
     ("lr", float("nan"), "lr"), ("gamma", 2.0, "gamma"), ("resume", "yes", "resume"),
     ("seed", 2**64, r"seed: expected <= 9223372036854775807"), ("seed", -1, "seed"),
     ("select_epoch", "first", "select_epoch"), ("select_metric", "loss", "select_metric"),
+    ("resize", "squash", r"resize: expected one of \['crop', 'stretch'\]"),
+    ("channels", 2, r"channels: expected one of \[1, 3\]"),
 ])
 def test_bad_hyper_parameters_are_named(field, value, needle):
     with pytest.raises(ValueError, match=needle):

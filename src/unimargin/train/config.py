@@ -28,7 +28,7 @@ IDENTITY_FIELDS = ("dataset", "data_dir", "unknown_classes", "model", "feat_dim"
                    "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs",
                    "grad_clip", "seed", "normalize_input", "augment", "limit_train",
                    "limit_test", "bf16", "sync_bn", "label_column", "test_data", "image_size",
-                   "channels", "test_fraction", "val_fraction", "imbalance", "label_noise",
+                   "resize", "channels", "test_fraction", "val_fraction", "imbalance", "label_noise",
                    "select_epoch", "select_metric")
 SELECT_EPOCHS = ("last", "best")
 SELECT_METRICS = ("sw", "cw", "uni")
@@ -76,6 +76,10 @@ class TrainConfig:
     image_size: str | None = field(default=None, metadata={
         "help": "folder: resize images to H or H,W pixels (default: all images must share one size)",
         "choices": None, "group": "data", "cli": True})
+    resize: str | None = field(default=None, metadata={
+        "help": "folder: how --image-size is reached: crop (default; scale to cover, then "
+                "center-crop, keeps the aspect ratio) or stretch",
+        "choices": ("crop", "stretch"), "group": "data", "cli": True})
     channels: int | None = field(default=None, metadata={
         "help": "folder: 1 (grayscale) or 3 (RGB); default: 1 when every image is grayscale",
         "choices": (1, 3), "group": "data", "cli": True})
@@ -359,6 +363,10 @@ def validate_config(cfg: TrainConfig) -> None:
                            for m in cfg.milestones)):
             raise ValueError(f"milestones: expected a list of positive epoch numbers, got "
                              f"{cfg.milestones!r}")
+    for f in dataclasses.fields(cfg):  # every field with declared choices, e.g. from YAML
+        choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"{f.name}: expected one of {list(choices)}, got {value!r}")
     if cfg.unknown_classes is not None and not isinstance(cfg.unknown_classes, (list, tuple)):
         raise ValueError(f"unknown_classes: expected a list of class names or indices, got "
                          f"{cfg.unknown_classes!r}")

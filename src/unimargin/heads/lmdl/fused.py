@@ -16,6 +16,8 @@ from torch import Tensor
 
 from unimargin._native import lmdl_kernel
 
+from .terms import pair_norms
+
 
 class LMDLFusedStep(torch.autograd.Function):
     """CE + λ(α L_compact + β L_margin + γ L_reg) of SPEC §2.6 in ONE autograd node
@@ -96,9 +98,9 @@ class LMDLFusedStep(torch.autograd.Function):
         # z̄ = W m̄_c + b (K×d×K, not K×B×K); absent rows (b, not Aᵀ Z = 0) carry weight 0
         zbar = mean.mm(weight.t()) if bias is None else torch.addmm(bias, mean, weight.t())
         numer = zbar.diagonal().unsqueeze(1) - zbar
-        # ‖w_c − w_j‖ from the differences: cdist's default switches to the expansion
-        # ‖a‖² + ‖b‖² − 2aᵀb above 25 rows, which cancels for near-duplicate weights (SPEC §2.6)
-        pair_dist = torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist")
+        # ‖w_c − w_j‖: cdist's expansion ‖a‖² + ‖b‖² − 2aᵀb cancels for near-duplicate
+        # weights (SPEC §2.6 "Numerics"); those pairs are recomputed from the differences
+        pair_dist = pair_norms(weight)
         inv_dist = pair_dist.clamp_min(1e-12).reciprocal_()
         dist = torch.addcmul(self_inf, numer, inv_dist)                        # d_cj, +inf at j = c
         if max_aggregation:

@@ -148,48 +148,88 @@ def unit_roundoff(*tensors: Tensor) -> float:
     return u
 
 
+# Pairs with D̂² < _NEAR · τ · σ_c are "near": the expansion's D̂ is not trusted at all there
+_NEAR = 256.0
+
+
 def _margin_candidates(mean_p: Tensor, present: Tensor, weight: Tensor, bias: Tensor | None,
                        centroid_logits: Tensor | None, feature_scale: Tensor, n_max: int) -> Tensor:
-    """Boolean P×K: the classes j ≠ c that may attain min_j d_cj, from the cheap expansion.
+    """Boolean P×K: the classes j ≠ c that may attain min_j d_cj (never c itself).
 
-    The expansion d̂_cj = (ẑ_cc − ẑ_cj) / √(‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j) (one P×K×d matmul,
-    no P×K×d tensor) can be arbitrarily wrong when ‖w_c − w_j‖ ≪ ‖w‖, so it only ranks.
-    "Near the minimum" is defined by a-priori rounding-error bounds, so that the true
-    arg-min is never excluded: with u the unit roundoff (:func:`unit_roundoff`) and
-    τ = 2 (d + n_max + 8) u (twice the classical γ_n bound of an n-term dot product / mean),
+    The expansion d̂_cj = (ẑ_cc − ẑ_cj) / D̂_cj, D̂² = ‖w_c‖² + ‖w_j‖² − 2 w_cᵀw_j (one P×K×d
+    matmul, no P×K×d tensor) can be arbitrarily wrong when ‖w_c − w_j‖ ≪ ‖w‖, so it only
+    ranks, and "near the minimum" is defined by a-priori rounding-error bounds so that the
+    true arg-min is never excluded. With u the unit roundoff (:func:`unit_roundoff`),
+    τ = 2 (d + n_max + 8) u (twice the classical γ_n bound of an n-term dot product or
+    mean), a_c = mean ‖f_i‖ over the class (≥ ‖m̄_c‖; it also bounds the
+    class-mean-of-logits shortcut), σ_c = ‖w_c‖² + max_k ‖w_k‖² and
+    ε_c = τ (‖w_c‖ a_c + |b_c| + max_k ‖w_k‖ a_c + max_k |b_k|):
 
-    - |D̂² − D²| ≤ e_D = τ (‖w_c‖² + ‖w_j‖²), so D ∈ [√max(D̂² − e_D, 0), √(D̂² + e_D)],
-      both floored at the 1e-12 guard;
-    - |n̂ − n| ≤ e_n = τ (S_c + S_j) + 2u |n̂|, S_k = ‖w_k‖ a_c + |b_k|, a_c = mean ‖f_i‖
-      over the class (≥ ‖m̄_c‖; it also bounds the class-mean-of-logits shortcut);
+    - |D̂² − D²| ≤ τ σ_c and |n̂ − n| ≤ ε_c + 2u |n̂|. A pair with D̂² < R_c² = 256 τ σ_c is
+      *near*: always a candidate (its exact distance is computed).
+    - Otherwise ρ = |D̂² − D²|/D̂² ≤ 1/256, so |d̂ − d| ≤ (ε_c/R_c + (ρ + 6u)|d̂|)/(1 − ρ).
+    - T_c = the exact d of j₀ = arg-min of d̂ over the pairs that are not near, plus its own
+      rounding bound τ (a_c + |Δb|/D + |d|): T_c ≥ min_j d_cj.
+    - j is a candidate if near, or if d̂_cj minus its error bound is ≤ T_c, which reduces to
+      one comparison with a per-row threshold: d̂_cj ≤ U_c.
 
-    hence d_cj ∈ [lo_cj, hi_cj], and every j with lo_cj ≤ min_k hi_ck is a candidate. With
-    well-separated weights this is one or two classes per row; with near-duplicates
-    (‖w‖/‖w_c − w_j‖ ≳ 1/√τ) it grows, up to every class, and the exact re-check pays
-    for it (blocked, bounded memory).
+    With well-separated weights this is one or two classes per row; with near-duplicates
+    (‖w‖/‖w_c − w_j‖ ≳ 1/(16√τ)) it grows, up to every class, and the exact re-check pays for it
+    (blocked, bounded memory). Cost: ~4 elementwise P×K passes beyond the ranking itself.
     """
+    n = present.numel()
     num_classes, dim = weight.shape
     u = unit_roundoff(mean_p, weight, centroid_logits)
     tau = 2.0 * (dim + n_max + 8) * u
     z = F.linear(mean_p, weight, bias) if centroid_logits is None else centroid_logits  # (P, K)
-    numer = z.gather(1, present[:, None]) - z
+    dist = z.gather(1, present[:, None]) - z                                 # n̂, then d̂ in place
     w_norm = torch.linalg.vector_norm(weight, dim=1)
     sq_norm = w_norm.square()
-    denom_sq = torch.addmm(sq_norm[present][:, None] + sq_norm[None, :], weight[present], weight.t(), alpha=-2.0)
-    err_d = tau * (sq_norm[present][:, None] + sq_norm[None, :])
-    d_lo = (denom_sq - err_d).clamp_min_(0.0).sqrt_().clamp_min_(1e-12)
-    d_hi = (denom_sq + err_d).clamp_min_(0.0).sqrt_().clamp_min_(1e-12)
-    scale = w_norm[None, :] * feature_scale[:, None]  # S_ck without the bias
+    sq_c = sq_norm[present]
+    denom_sq = torch.addmm(sq_c[:, None] + sq_norm[None, :], weight[present], weight.t(), alpha=-2.0)
+    near_sq = (_NEAR * tau) * (sq_c + sq_norm.max())                         # R_c²
+    near_sq.clamp_min_(4e-24)  # weights ~0: every pair near, and no 0/0 below
+    near = denom_sq < near_sq[:, None]
+    dist.mul_(denom_sq.clamp_min_(1e-24).rsqrt_()).masked_fill_(near, float("inf"))
+    rows = torch.arange(n, device=mean_p.device)
+    dist[rows, present] = float("inf")
+    first = dist.argmin(1) if n else present
+    # T_c from the exact distance of j₀ (any j₀ gives a valid bound; a good one keeps the set small)
+    c_abs = w_norm[present] * feature_scale
+    b_abs = 0.0
     if bias is not None:
-        scale = scale + bias.abs()[None, :]
-    err_n = tau * (scale.gather(1, present[:, None]) + scale) + 2 * u * numer.abs()
-    n_lo, n_hi = numer - err_n, numer + err_n
-    lo = torch.where(n_lo >= 0, n_lo / d_hi, n_lo / d_lo)
-    hi = torch.where(n_hi >= 0, n_hi / d_lo, n_hi / d_hi)
-    rows = torch.arange(present.numel(), device=mean_p.device)
-    hi[rows, present] = float("inf")
-    lo[rows, present] = float("inf")
-    return lo <= hi.amin(1, keepdim=True)
+        c_abs = c_abs + bias[present].abs()
+        b_abs = bias.abs().max()
+    d0, _, _, norm0 = _pair_distance(mean_p, weight[present], weight[first], None if bias is None else bias[present],
+                                     None if bias is None else bias[first])
+    db0 = 0.0 if bias is None else (bias[present] - bias[first]).abs()
+    top = d0 + tau * (feature_scale + db0 / norm0.clamp_min(1e-12) + d0.abs())
+    rho = 1.0 / _NEAR
+    eps_c = tau * (c_abs + w_norm.max() * feature_scale + b_abs)
+    top = top + eps_c / (near_sq.sqrt() * (1 - rho))
+    kappa = (rho + 6 * u) / (1 - rho)
+    # d̂ − κ|d̂| ≤ T  ⟺  d̂ ≤ T/(1 − κ) if T ≥ 0, d̂ ≤ T/(1 + κ) if T < 0
+    limit = torch.where(top >= 0, top / (1 - kappa), top / (1 + kappa))
+    cand = (dist <= limit[:, None]).logical_or_(near)
+    cand[rows, present] = False
+    return cand
+
+
+def pair_norms(weight: Tensor) -> Tensor:
+    """K×K ‖w_c − w_j‖ for the fused step (no autograd): the expansion (``torch.cdist``'s
+    matmul mode, fast) where it is accurate, and the difference vector where it may cancel:
+    every off-diagonal pair with cdist² < 256 τ (‖w_c‖² + ‖w_j‖²), τ = 2 (d + 8) u, is
+    recomputed from w_c − w_j (relative error of the rest ≤ 1/256 · what the bound allows,
+    in practice ~u ‖w‖²/D²). The diagonal (the self pair, masked by the caller) is left as is."""
+    dist = torch.cdist(weight, weight)
+    sq = weight.square().sum(1)
+    tau = 2.0 * (weight.shape[1] + 8) * unit_roundoff(weight)
+    near = dist.square() < (_NEAR * tau) * (sq[:, None] + sq[None, :])
+    near.fill_diagonal_(False)
+    if near.any():  # near-duplicate class weights: a handful of pairs, recomputed exactly
+        i, j = near.nonzero(as_tuple=True)
+        dist[i, j] = torch.linalg.vector_norm(weight[i] - weight[j], dim=1)
+    return dist
 
 
 def _pair_distance(mean_rows: Tensor, w_c: Tensor, w_j: Tensor, b_c: Tensor | None, b_j: Tensor | None):

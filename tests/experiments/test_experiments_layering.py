@@ -56,7 +56,7 @@ def test_evaluate_and_compare_write_the_same_keys(tmp_path, capsys):
                  "--out", str(out)]) == 0
     record = json.loads((out / "records.json").read_text())[0]
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(out / record["out"])]) == 0
+    assert main(["evaluate", "--checkpoint", str(out / record["out"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     compare_keys = set(record["final"]) | set(record["open_set"])
     assert set(metrics) == compare_keys

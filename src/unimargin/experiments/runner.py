@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from unimargin.io import atomic_write_json
 from unimargin.report.records import (COMPLETED, DIVERGED, FAILED, RunOutputs, RunRecord, read_history,
                                      record_from_summary)
 
@@ -175,9 +176,17 @@ def _reusable_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if summary.get("status") in (COMPLETED, DIVERGED) else None
 
 
+# Options the engine picks from the data when the run leaves them unset (train/engine.py,
+# _adapt_to_data: batch size and warm-up on small data). The saved config holds the picked
+# value; with the same data (fingerprint) and the same other fields it picks the same again.
+_ADAPTED_BY_DATA = ("batch_size", "warmup_epochs")
+
+
 def _changed_fields(cfg, saved: dict[str, Any]) -> list[str]:
     """Fields defining what a run trains (IDENTITY_FIELDS + epochs) that differ between the
-    requested config (resolved now) and a saved run's resolved config."""
+    requested config (resolved now) and a saved run's resolved config. ``data_dir`` is
+    compared by the data fingerprint instead (a moved data directory is the same data);
+    fields the engine adapts to the data are compared only when the request sets them."""
     from unimargin.train.config import IDENTITY_FIELDS, resolve_config
 
     resolved = resolve_config(cfg)
@@ -185,8 +194,9 @@ def _changed_fields(cfg, saved: dict[str, Any]) -> list[str]:
     def normal(value):
         return json.dumps(value, sort_keys=True, default=str)
 
+    skip = {"data_dir"} | {name for name in _ADAPTED_BY_DATA if getattr(cfg, name) is None}
     return [name for name in (*IDENTITY_FIELDS, "epochs")
-            if name != "data_dir" and normal(getattr(resolved, name)) != normal(saved.get(name))]
+            if name not in skip and normal(getattr(resolved, name)) != normal(saved.get(name))]
 
 
 def _checkpoint_loads(run_dir: Path) -> str | None:
@@ -255,7 +265,7 @@ def train_task(task: RunTask, log: Callable[[str], None]) -> RunRecord:
                          message=f"{type(error).__name__}: {error}",
                          runtime_s=time.perf_counter() - started, out=str(task.run_dir),
                          history=read_history(task.run_dir))
-    _atomic_write_json(fingerprint, Path(task.run_dir) / FINGERPRINT_FILE)
+    atomic_write_json(fingerprint, Path(task.run_dir) / FINGERPRINT_FILE)
     return _record(task, summary)
 
 
@@ -294,11 +304,15 @@ def plugin_modules(tasks: Sequence[RunTask]) -> list[str]:
     spawned worker imports them first, so heads and datasets registered by the user's own
     module (``@unimargin.register_head``, ``@register_dataset``) train in workers too."""
     from unimargin.data import dataset_info
-    from unimargin.heads.registry import _lookup
+    from unimargin.heads import build_head
 
     names = set()
+    params = {task.head: task.head_params for task in tasks}
+    for head, head_params in params.items():
+        # heads/ has no public name -> class lookup; a small head built with the run's
+        # hyper-parameters is cheap and names the module that registered it.
+        names.add(type(build_head(head, 2, 4, **head_params)).__module__)
     for task in tasks:
-        names.add(_lookup(task.head).__module__)
         names.add(dataset_info(task.options.get("dataset", "mnist1d")).loader.__module__)
     # __main__ is re-run by spawn itself (as __mp_main__).
     return sorted(n for n in names if n.split(".")[0] != "unimargin" and n not in ("__main__", "__mp_main__"))
@@ -511,13 +525,6 @@ def _metrics_text(row: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- records
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    # TODO(C1): unimargin.io.atomic_write_json once io.py lands (the one atomic-write helper).
-    from unimargin.io import atomic_write_bytes
-
-    atomic_write_bytes((json.dumps(obj, indent=1, default=str) + "\n").encode("utf-8"), path)
-
-
 def write_records(out: Path, records: Sequence[RunRecord]) -> None:
     """``out/records.json`` atomically; each run's ``out`` relative to ``out``."""
     rows = []
@@ -529,7 +536,7 @@ def write_records(out: Path, records: Sequence[RunRecord]) -> None:
             except ValueError:  # another drive (Windows)
                 pass
         rows.append(row)
-    _atomic_write_json(rows, Path(out) / "records.json")
+    atomic_write_json(rows, Path(out) / "records.json")
 
 
 def run_outputs(run_dir: str | Path, x_test, y_test, head_name: str = "", seed: int = 0) -> RunOutputs:

@@ -127,6 +127,12 @@ class Head(nn.Module):
         return self.threshold is None
 
     # ------------------------------------------------------------------ validation
+    #: Check the *values* of inputs (finite features, labels in range). These checks read
+    #: a value back to the host, which stalls a GPU; the engine validates the first batch
+    #: of every epoch and sets this False for the rest (like torchmetrics' validate_args).
+    #: Shape and dtype checks (no synchronisation) always run.
+    validate: bool = True
+
     def check_features(self, features, arg: str = "features") -> None:
         if not isinstance(features, Tensor):
             raise TypeError(f"{arg} must be a torch.Tensor, got {type(features).__name__}")
@@ -144,7 +150,7 @@ class Head(nn.Module):
             raise ValueError(
                 f"{arg} has width {features.shape[1]} but the head expects feat_dim={self.feat_dim}"
             )
-        if features.numel():
+        if features.numel() and self.validate:
             # min/max propagate NaN and expose ±Inf; much cheaper than isfinite().all()
             lo, hi = torch.aminmax(features.detach())
             if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
@@ -161,7 +167,7 @@ class Head(nn.Module):
             raise ValueError(
                 f"features and labels have different batch sizes: {batch_size} vs {labels.shape[0]}"
             )
-        if labels.numel():
+        if labels.numel() and self.validate:
             lo, hi = (int(v) for v in torch.aminmax(labels))
             if lo < 0 or hi >= self.num_classes:
                 bad = lo if lo < 0 else hi

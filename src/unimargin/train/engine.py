@@ -341,11 +341,15 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple, explicit: set) ->
     scheduler = build_scheduler(optimizer, epochs=cfg.epochs, steps_per_epoch=len(batches),
                                 schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                                 milestones=cfg.milestones, gamma=cfg.gamma)
+    # fp16: loss scaling keeps small float16 gradients from flushing to zero (CUDA's use)
+    scaler = torch.amp.GradScaler(device.type) if cfg.fp16 else None
     history: list[dict] = []
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("grad_scaler"):
+            scaler.load_state_dict(ckpt["grad_scaler"])
         restore_rng_state(ckpt["rng"])
         history = list(ckpt["history"])
         log(f"resuming {cfg.out} after epoch {int(ckpt['epoch'])}")
@@ -359,7 +363,7 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple, explicit: set) ->
 
                 callbacks = callbacks + (TensorBoardCallback(run_dir.file("tensorboard")),)
         return _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, device,
-                    run_dir, callbacks, log, t_start)
+                    run_dir, callbacks, log, t_start, scaler)
     finally:
         for cb in callbacks:
             cb.close()
@@ -370,8 +374,9 @@ def _train(cfg: TrainConfig, build_backbone, callbacks: tuple, explicit: set) ->
 class _Fit:
     """State of one fit shared by the loop's helpers (rank 0 writes through ``run_dir``)."""
 
-    def __init__(self, cfg, net, optimizer, scheduler, splits, run_dir, callbacks):
+    def __init__(self, cfg, net, optimizer, scheduler, splits, run_dir, callbacks, scaler=None):
         self.cfg, self.net, self.optimizer, self.scheduler = cfg, net, optimizer, scheduler
+        self.scaler = scaler
         self.splits, self.run_dir, self.callbacks = splits, run_dir, callbacks
         # saved without the one-off actions, so config.yaml can be re-run as it is
         self.resolved = dataclasses.replace(cfg, resume=False, overwrite=False).to_dict()
@@ -394,6 +399,7 @@ class _Fit:
             "config": self.resolved,
             "data": self.data_info,
             "preprocessing": dict(self.splits.preprocessing),
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             **(extra or {}),
         }, path, before_replace=lambda tmp: [cb.before_checkpoint_replace(path, tmp)
                                              for cb in self.callbacks])
@@ -404,9 +410,9 @@ def _is_better(value, best) -> bool:
 
 
 def _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, device, run_dir,
-         callbacks, log, t_start) -> dict:
+         callbacks, log, t_start, scaler=None) -> dict:
     main, world = run_dir is not None, udist.world_size()
-    fit = _Fit(cfg, net, optimizer, scheduler, splits, run_dir, callbacks)
+    fit = _Fit(cfg, net, optimizer, scheduler, splits, run_dir, callbacks, scaler)
     if main:
         save_yaml(fit.resolved, run_dir.file("config.yaml"))
         # The checkpoint's history is authoritative: drop lines of epochs it does not hold.
@@ -430,15 +436,17 @@ def _fit(cfg, net, optimizer, scheduler, splits, batches, augment, history, devi
         t_epoch = time.perf_counter()
         try:
             train_stats = _train_epoch(cfg, model, net, optimizer, scheduler, splits.x_train,
-                                       splits.y_train, augment, epoch, batches, device, progress_on)
+                                       splits.y_train, augment, epoch, batches, device, progress_on,
+                                       scaler)
             t_train = time.perf_counter() - t_epoch
             _broadcast_buffers(net)
             bad = non_finite_state(net)
             if bad is not None:
                 raise Diverged(f"parameter/buffer {bad!r} holds NaN/Inf after epoch {epoch}",
                                epoch=epoch, step=None, term=bad)
+            evaluate_now = has_val and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
             val = (_evaluate_split(cfg, net, splits.x_val, splits.y_val, epoch, "validation",
-                                   callbacks) if has_val else None)
+                                   callbacks) if evaluate_now else None)
         except Diverged as exc:
             status, message = "diverged", str(exc)
             diverged_info = {"epoch": exc.epoch, "step": exc.step, "term": exc.term}
@@ -573,9 +581,11 @@ def _load_best_state(path: str | None, cfg) -> dict:
 
 
 def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augment, epoch,
-                 batches, device, progress_on) -> dict:
+                 batches, device, progress_on, scaler=None) -> dict:
     """One pass over the training data (``batches`` from :func:`plan_batches`); returns the
-    sample-weighted mean loss and terms."""
+    sample-weighted mean loss and terms. The head validates the values of its inputs on the
+    first step of the epoch only (``Head.validate``): the checks read values back to the
+    host, which would stall a GPU on every step; shapes are checked on every step."""
     rank, world = udist.rank(), udist.world_size()
     order = torch.randperm(x_train.shape[0], generator=epoch_generator(cfg.seed, epoch))
     aug_gen = epoch_generator(cfg.seed, epoch, STREAM_AUGMENT, rank)
@@ -585,37 +595,35 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
     count = 0
     lr_at_start = optimizer.param_groups[0]["lr"]
     steps = _progress(range(len(batches)), len(batches), progress_on, f"epoch {epoch}")
-    for step in steps:
-        batch = order[batches[step][0]:batches[step][1]]
-        if world > 1:
-            # Contiguous 1/P share of the *global* batch: P processes together see exactly
-            # the batches one process would.
-            batch = torch.tensor_split(batch, world)[rank]
-        xb, yb = x_train[batch], y_train[batch]
-        if augment is not None:
-            xb = augment(xb, aug_gen)
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        features, out = model(xb, yb)
-        if out is None:
-            raise Diverged(f"epoch {epoch}, step {step + 1}: features are non-finite or exceed "
-                           f"max_feature_norm={cfg.max_feature_norm:g} (max norm "
-                           f"{net.last_feature_norm:.4g})", epoch=epoch, step=step + 1,
-                           term="features")
-        check_step(out, epoch, step + 1, cfg.max_score)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.grad_clip is not None:
-            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            if not bool(torch.isfinite(gnorm)):
-                raise Diverged(f"epoch {epoch}, step {step + 1}: the gradient norm is {float(gnorm)}",
-                               epoch=epoch, step=step + 1, term="gradient")
-        optimizer.step()
-        scheduler.step()
-        n = yb.shape[0]
-        count += n
-        loss_sum += out.loss.detach().double().cpu() * n
-        for k, v in out.terms.items():
-            term_sums[k] = term_sums.get(k, torch.zeros((), dtype=torch.float64)) + v.double().cpu() * n
+    try:
+        for step in steps:
+            net.head.validate = step == 0
+            batch = order[batches[step][0]:batches[step][1]]
+            if world > 1:
+                # Contiguous 1/P share of the *global* batch: P processes together see
+                # exactly the batches one process would.
+                batch = torch.tensor_split(batch, world)[rank]
+            xb, yb = x_train[batch], y_train[batch]
+            if augment is not None:
+                xb = augment(xb, aug_gen)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            features, out = model(xb, yb)
+            if out is None:
+                raise Diverged(f"epoch {epoch}, step {step + 1}: features are non-finite or "
+                               f"exceed max_feature_norm={cfg.max_feature_norm:g} (max norm "
+                               f"{net.last_feature_norm:.4g})", epoch=epoch, step=step + 1,
+                               term="features")
+            check_step(out, epoch, step + 1, cfg.max_score)
+            optimizer.zero_grad(set_to_none=True)
+            _backward_and_step(cfg, net, optimizer, out.loss, scaler, epoch, step)
+            scheduler.step()
+            n = yb.shape[0]
+            count += n
+            loss_sum += out.loss.detach().double().cpu() * n
+            for k, v in out.terms.items():
+                term_sums[k] = term_sums.get(k, torch.zeros((), dtype=torch.float64)) + v.double().cpu() * n
+    finally:
+        net.head.validate = True
     keys = sorted(term_sums)
     packed = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64)]
                          + [term_sums[k] for k in keys])
@@ -624,6 +632,26 @@ def _train_epoch(cfg, model, net, optimizer, scheduler, x_train, y_train, augmen
     return {"loss": float(packed[0]) / total,
             "terms": {k: float(packed[2 + i]) / total for i, k in enumerate(keys)},
             "lr": lr_at_start}
+
+
+def _backward_and_step(cfg, net, optimizer, loss, scaler, epoch: int, step: int) -> None:
+    """Backward, optional clipping, optimiser step (through the fp16 gradient scaler, which
+    skips steps whose scaled gradients overflowed instead of diverging)."""
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if cfg.grad_clip is not None:
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        if scaler is None and not bool(torch.isfinite(gnorm)):
+            raise Diverged(f"epoch {epoch}, step {step + 1}: the gradient norm is {float(gnorm)}",
+                           epoch=epoch, step=step + 1, term="gradient")
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def _evaluate_split(cfg, net, x, y, epoch: int, split: str, callbacks=()) -> dict:

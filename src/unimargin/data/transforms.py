@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .registry import dataset_info, layout_of
 
-__all__ = ["feature_stats", "channel_stats", "normalize", "random_crop", "random_horizontal_flip", "crop_flip",
+__all__ = ["feature_stats", "normalize", "random_crop", "random_horizontal_flip", "crop_flip",
            "default_augmentation"]
 
 
@@ -46,11 +46,6 @@ def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     std = flat.var(dim=1, unbiased=False).sqrt()
     std = torch.where(std > _STD_EPS * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
     return mean.to(x.dtype), std.to(x.dtype)
-
-
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deprecated name of :func:`feature_stats` (same result); kept until every caller moved."""
-    return feature_stats(x)
 
 
 # relative std below which a feature counts as constant (float64 round-off of a constant

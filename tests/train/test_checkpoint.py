@@ -153,3 +153,25 @@ def test_version_1_checkpoints_without_a_digest_still_load(tmp_path):
                 "config": {}, "history": []}, path)
     with pytest.raises(ValueError, match="missing.*sha256"):
         load_checkpoint(path)
+
+
+class _RunsCode:
+    """Unpickling this object would call os.system (a code-execution payload)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "unimargin-checkpoint", "version": 2, "model": {}, "epoch": 1,
+                "config": {}, "history": [], "payload": _RunsCode(marker)}, path)
+    with pytest.raises(ValueError, match="evil.pt.*corrupt or not a unimargin checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()

@@ -130,8 +130,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.reps):
             hand.append(hand_loop_epoch(dataset, model_name, "softmax", args.limit_train, lr, r))
+            # the hand loop is plain NCHW: compare the engine in the same memory format
             t_train, t_eval, _ = engine_epoch(dataset, model_name, "softmax", args.limit_train, lr, r,
-                                              os.path.join(tmp, "run"))
+                                              os.path.join(tmp, "run"), channels_last=False)
             eng.append(t_train)
             eng_eval.append(t_eval)
             print(f"rep {r}: hand {hand[-1]:.2f}s engine {eng[-1]:.2f}s (+eval/ckpt {t_eval:.2f}s)",

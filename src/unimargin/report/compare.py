@@ -173,7 +173,9 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
         f"{resolution_sentence(n_test)} Rule ([SPEC §3.9](#glossary-rule)): better or worse only with at least "
         f"3 paired seeds, a [Holm-adjusted](#glossary-holm) paired-t p < 0.05 and differences that are not "
         f"identical on every seed; otherwise no detectable difference, with the [95% interval](#glossary-ci) "
-        f"of Δ showing how large a difference the {n_seeds} seed{'s' if n_seeds != 1 else ''} still allow"
+        f"of Δ showing how large a difference the {n_seeds} seed{'s' if n_seeds != 1 else ''} still allow "
+        "(the interval is per comparison, not Holm-adjusted, so it can exclude 0 while the Holm p is "
+        "above 0.05)"
         + (f" (with {n_seeds} seeds the smallest possible [sign-flip p](#glossary-sign-flip) is "
            f"{2 / 2 ** n_seeds:.4g})." if n_seeds >= 1 else "."))
     doc.paragraph(_protocol_sentence(records))

@@ -224,7 +224,7 @@ ul li{margin:0.25em 0;line-height:1.4}
 dl.glossary{display:grid;grid-template-columns:max-content auto;gap:0.2em 1em;font-size:0.92em}
 dl.glossary dt{font-weight:bold} dl.glossary dd{margin:0}
 :target{background:#fff3c4}
-th{background:#f2f2f2} caption{caption-side:bottom;font-style:italic;font-size:0.9em;text-align:left}
+th{background:#f2f2f2;white-space:normal;min-width:3.5em} caption{caption-side:bottom;font-style:italic;font-size:0.9em;text-align:left}
 code{background:#f4f4f4;padding:0 3px} pre{background:#f4f4f4;padding:0.7em;overflow-x:auto}
 figure{margin:1em 0} img{max-width:100%} figcaption{font-style:italic;font-size:0.9em}
 nav{background:#fafafa;border:1px solid #ddd;padding:0.3em 0.8em;font-size:0.85em}

@@ -58,10 +58,11 @@ GEOMETRY_METRICS = [
     "sep_auc", "intra_class_cosine", "inter_class_angle_min", "inter_class_angle_mean",
     "compactness_ratio", "uniformity", "centroid_margin_min",
 ]
-# Metrics with a paired test against the baseline.
+# Metrics with a paired test against the baseline: scale-free ones only (centroid margins and
+# distances are in each head's own feature units, so head − baseline would mix scales).
 PAIRED_METRICS = [
     "sw", "cw", "uni", "uni_deployed", "sep_auc", "intra_class_cosine", "inter_class_angle_min",
-    "compactness_ratio", "uniformity", "centroid_margin_min",
+    "compactness_ratio", "uniformity",
     "verif_roc_auc", "verif_eer", "reject_auroc", "reject_open_set_accuracy",
 ]
 # Rejection scores of issue 14 (SPEC §2.9): the unsuffixed reject_* keys are max_score.

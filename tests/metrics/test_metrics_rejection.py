@@ -201,3 +201,15 @@ def test_energy_is_defined_for_softmax_heads_only():
         assert score_defined("centroid_cosine", head) and score_defined("max_score", head)
         with pytest.raises(ValueError, match="softmax cross-entropy only"):
             check_score_for_head("energy", head)
+
+
+def test_rate_thresholds_meet_the_rate_exactly():
+    """60 of 6000 is exactly 0.01: allowed (a 1 − fraction computation rounds it above)."""
+    from unimargin.metrics.rejection import (threshold_for_accept_rate,
+                                             threshold_for_reject_rate)
+
+    v = torch.arange(6000, dtype=torch.float64)
+    t = threshold_for_accept_rate(v, 0.01)
+    assert int((v >= t).sum()) == 60 and t == 5939.5
+    t = threshold_for_reject_rate(v, 0.05)
+    assert int((v <= t).sum()) == 300 and t == 299.5

@@ -154,10 +154,10 @@ def _check_rate(rate) -> float:
     return float(rate)
 
 
-def _fraction_at_most(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """mean_i 1[v_i ≤ t] for each t (one sort, one binary search per candidate)."""
+def _count_at_most(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """#{i : v_i ≤ t} for each t, int64 (one sort, one binary search per candidate)."""
     ordered = torch.sort(values.to(torch.float64).reshape(-1)).values
-    return torch.searchsorted(ordered, t, right=True).to(torch.float64) / ordered.numel()
+    return torch.searchsorted(ordered, t, right=True)
 
 
 def threshold_for_reject_rate(values, rate: float, candidates=None) -> float | None:
@@ -170,7 +170,9 @@ def threshold_for_reject_rate(values, rate: float, candidates=None) -> float | N
     if v.numel() == 0:
         raise ValueError("threshold_for_reject_rate: values is empty")
     cand = threshold_candidates(v) if candidates is None else candidates.to(torch.float64)
-    feasible = torch.nonzero(_fraction_at_most(v, cand) <= rate).flatten()
+    # rates as exact count / n (1 − fraction would round 60/6000 above 0.01)
+    rate_at = _count_at_most(v, cand).to(torch.float64) / v.numel()
+    feasible = torch.nonzero(rate_at <= rate).flatten()
     return None if feasible.numel() == 0 else float(cand[int(feasible[-1])])
 
 
@@ -184,7 +186,8 @@ def threshold_for_accept_rate(values, rate: float, candidates=None) -> float:
     if v.numel() == 0:
         raise ValueError("threshold_for_accept_rate: values is empty")
     cand = threshold_candidates(v) if candidates is None else candidates.to(torch.float64)
-    feasible = torch.nonzero(1.0 - _fraction_at_most(v, cand) <= rate).flatten()
+    rate_at = (v.numel() - _count_at_most(v, cand)).to(torch.float64) / v.numel()
+    feasible = torch.nonzero(rate_at <= rate).flatten()
     return float(cand[int(feasible[0])])
 
 

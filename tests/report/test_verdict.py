@@ -128,3 +128,36 @@ def test_resolution_and_report_document(tmp_path):
     assert "one sample = 2.78 points" in verdict
     assert "better" not in verdict.lower().replace("better or worse only", "") and "p = 0.0" not in verdict
     assert "(p < 0.05)" not in markdown
+
+
+def test_sweep_verdict_applies_the_same_rule_per_value(tmp_path):
+    from unimargin.report.sweep import SweepResult, build_sweep_document
+    from unimargin.report.verdict import value_verdict_lines
+
+    rng = np.random.default_rng(0)
+    base = 0.6 + 0.01 * rng.standard_normal(5)
+    noise = 0.002 * rng.standard_normal(5)
+    per_value = {0.5: base, 1.5: base + 0.08 + noise, 3.0: base + 0.0005 * rng.standard_normal(5)}
+    records = []
+    for value, per_seed in per_value.items():
+        for seed, v in enumerate(per_seed):
+            records.append(RunRecord("lmdl", seed, "completed", final={"sw": float(v), "uni": float(v) - 0.2},
+                                     splits={"n_test": 1000}, param_value=value))
+    groups = dict(value_verdict_lines(records, "delta_d", [0.5, 1.5, 3.0], 0.5))
+    assert set(groups) == {"`delta_d=1.5` vs `delta_d=0.5`", "`delta_d=3.0` vs `delta_d=0.5`"}
+    assert "is **better** than" in groups["`delta_d=1.5` vs `delta_d=0.5`"][0]
+    assert "no detectable difference" in groups["`delta_d=3.0` vs `delta_d=0.5`"][0]
+    # the same numbers through compare's rule give the same calls (one rule, two reports)
+    relabelled = [RunRecord(f"delta_d={r.param_value}", r.seed, r.status, final=r.final, splits=r.splits)
+                  for r in records]
+    calls = {c.head: c.call for c in compare_heads(relabelled, "sw", "delta_d=0.5")}
+    assert calls == {"delta_d=1.5": BETTER, "delta_d=3.0": NO_DIFFERENCE}
+    result = SweepResult(head="lmdl", param="delta_d", target="head", values=[0.5, 1.5, 3.0],
+                         seeds=list(range(5)), epochs=1, dataset="mnist1d", records=records,
+                         out=str(tmp_path))
+    markdown = build_sweep_document(result, tmp_path).to_markdown(tmp_path)
+    assert "## Verdict" in markdown and "`delta_d=1.5` is **better** than `delta_d=0.5`" in markdown
+    assert markdown.index("## Verdict") < markdown.index("## Best value per metric")
+    two_seeds = [r for r in records if r.seed < 2]
+    assert all("**better**" not in s and "**worse**" not in s
+               for _, lines in value_verdict_lines(two_seeds, "delta_d", [0.5, 1.5, 3.0], 0.5) for s in lines)

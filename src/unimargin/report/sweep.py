@@ -23,6 +23,7 @@ from .render import Document
 from .labels import format_summary, higher_is_better, metric_label
 from .stats import summarize
 from .tables import metric_keys, sweep_table
+from .verdict import n_test_of, resolution_sentence, value_verdict_lines
 
 __all__ = ["SweepResult", "SWEEP_METRICS", "build_sweep_document", "write_sweep_report"]
 
@@ -46,6 +47,8 @@ class SweepResult:
     wall_time_s: float = 0.0
     out: str = "runs/sweep"
     setup: dict[str, Any] = field(default_factory=dict)
+    #: the value every other value is compared with (SPEC §3.9); None = the first value
+    baseline_value: Any = None
 
 
 def build_sweep_document(result: SweepResult, plot_dir: str | Path | None = None) -> Document:
@@ -62,6 +65,16 @@ def build_sweep_document(result: SweepResult, plot_dir: str | Path | None = None
         f"{result.setup.get('feat_dim', '?')}-d features, {result.epochs} epochs, batch "
         f"{result.setup.get('batch_size', '?')}; {len(completed_runs(records))} of {len(records)} runs completed; "
         f"{_time_sentence(records, result.wall_time_s)} Mean ± sample std over completed seeds; diverged runs excluded.")
+    baseline_value = result.values[0] if result.baseline_value is None else result.baseline_value
+    doc.heading("Verdict")
+    doc.paragraph(f"Each value against `{result.param}={baseline_value}`, paired by seed, with the "
+                  "rule of `compare` (SPEC §3.9): better or worse only with at least 3 paired seeds, "
+                  "a Holm-adjusted paired-t p < 0.05 (over the values) and differences that are not "
+                  "identical on every seed; otherwise no detectable difference. "
+                  + resolution_sentence(n_test_of(records)))
+    for title, sentences in value_verdict_lines(records, result.param, result.values, baseline_value):
+        doc.paragraph(f"**{title}**")
+        doc.bullets(sentences)
     doc.heading("Best value per metric")
     lines = []
     for key in keys:

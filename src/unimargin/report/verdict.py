@@ -21,6 +21,8 @@ validation split: ``uni_deployed``) can be used as is and what it costs against 
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -196,7 +198,7 @@ def _short_reason(comparison: Comparison) -> str:
     return f"Holm p = {format_p(comparison.p_holm)}, {test.n} seeds"
 
 
-def _difference_sentence(question: str, comparison: Comparison, records: Sequence[RunRecord],
+def difference_sentence(question: str, comparison: Comparison, records: Sequence[RunRecord],
                          key: str) -> str:
     head, baseline, test = comparison.head, comparison.baseline, comparison.test
     if test.n == 0:
@@ -249,9 +251,26 @@ def verdict_lines(records: Sequence[RunRecord], heads: Sequence[str], baseline: 
     groups = []
     for head in others:
         groups.append((f"`{head}` vs `{baseline}`", [
-            _difference_sentence("Top-1 accuracy", by_key["sw"][head], records, "sw"),
-            _difference_sentence("Single-threshold accuracy", by_key["uni"][head], records, "uni"),
+            difference_sentence("Top-1 accuracy", by_key["sw"][head], records, "sw"),
+            difference_sentence("Single-threshold accuracy", by_key["uni"][head], records, "uni"),
             _deploy_sentence(records, head, baseline, by_key["uni_deployed"][head])]))
     if any(r.head == baseline for r in completed_runs(records)):
         groups.append((f"`{baseline}` (baseline)", [_deploy_sentence(records, baseline, baseline, None)]))
     return groups
+
+
+def value_verdict_lines(records: Sequence[RunRecord], param: str, values: Sequence,
+                        baseline_value) -> list[tuple[str, list[str]]]:
+    """The sweep's verdict: every swept value against ``baseline_value`` on SW and Uni, the
+    same SPEC §3.9 rule as compare (paired by seed, Holm over the values)."""
+    label = {repr(v): f"{param}={v}" for v in values}
+    relabelled = [dataclasses.replace(r, head=label.get(repr(r.param_value), str(r.param_value)))
+                  for r in records]
+    baseline = label[repr(baseline_value)]
+    others = [label[repr(v)] for v in values if repr(v) != repr(baseline_value)]
+    by_key = {key: {c.head: c for c in compare_heads(relabelled, key, baseline, others)}
+              for key in ("sw", "uni")}
+    return [(f"`{head}` vs `{baseline}`", [
+        difference_sentence("Top-1 accuracy", by_key["sw"][head], relabelled, "sw"),
+        difference_sentence("Single-threshold accuracy", by_key["uni"][head], relabelled, "uni")])
+        for head in others]

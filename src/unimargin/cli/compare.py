@@ -49,6 +49,7 @@ def run(args) -> int:
 
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     result = run_compare(heads=heads, head_params=head_params, log=log, tune=tune,
+                         progress_bar=sys.stderr.isatty(),
                          **run_options(args, options, extras, default_seeds=DEFAULT_SEEDS,
                                        default_out="runs/compare"))
     md_path, html_path = write_compare_report(result)

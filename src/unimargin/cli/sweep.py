@@ -37,6 +37,7 @@ def run(args) -> int:
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     result = run_sweep(head=args.head, param=args.param, values=args.values,
                        head_params=head_params.get(args.head, {}), log=log,
+                       progress_bar=sys.stderr.isatty(),
                        **run_options(args, options, extras, default_seeds=3, default_out="runs/sweep"))
     md_path, html_path = write_sweep_report(result)
     print(f"[sweep] wrote {md_path} and {html_path} ({result.wall_time_s:.0f} s)", file=sys.stderr)

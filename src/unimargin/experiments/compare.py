@@ -62,7 +62,7 @@ def check_output_dir(out: Path, reuse: bool, overwrite: bool, what: str = "compa
         raise ValueError("give either --reuse or --overwrite, not both")
     if reuse or overwrite or not out.exists():
         return
-    if (out / "records.json").exists() or (out / "runs").exists():
+    if any((out / name).exists() for name in ("records.json", "runs", "tune")):
         raise ValueError(f"out: {str(out)!r} already holds a {what}; pass --reuse to keep its finished "
                          "runs or --overwrite to retrain them")
 
@@ -81,6 +81,7 @@ def run_compare(
     jobs: int = 1,
     command: str | None = None,
     log: Callable[[str], None] = print,
+    progress_bar: bool = False,
     tune: Any = None,
 ) -> CompareResult:
     """Train every head on every seed and collect records, outputs and open-set metrics.
@@ -91,7 +92,9 @@ def run_compare(
     existing directory. ``jobs`` runs train in parallel processes (results do not depend
     on it); with ``device="cuda"`` each worker gets its own GPU. ``tune`` (a
     :class:`unimargin.experiments.tune.TuneSpec`) first tunes each head on seed 0's
-    validation split and trains every seed at the chosen values.
+    validation split and trains every seed at the chosen values. Progress lines
+    (:class:`~unimargin.experiments.runner.Progress`) go to ``log``; ``progress_bar`` shows
+    a tqdm bar instead of the per-epoch lines (the CLI sets it on a terminal).
     """
     from unimargin.train import TrainConfig
     from unimargin.train.config import OPTIMIZER_FIELDS, resolve_config
@@ -157,13 +160,14 @@ def run_compare(
              for seed, head in grid]
     finished: dict[int, RunRecord] = {}
 
-    with Progress(tasks, log) as progress:
+    log(f"[grid] {len(tasks)} runs, {min(jobs, len(tasks))} at a time, into {out}")
+    with Progress(tasks, log, bar=progress_bar) as progress:
         def on_record(index: int, record: RunRecord) -> None:
             finished[index] = record
             progress.finished(index, record)
             write_records(out, [finished[i] for i in sorted(finished)])
 
-        records = run_tasks(tasks, jobs, on_record, log,
+        records = run_tasks(tasks, jobs, on_record, progress.write, on_event=progress.event,
                             devices=plan_devices(base.get("device"), max(1, min(jobs, len(tasks)))))
     outputs: list[RunOutputs] = []
     for task, record in zip(tasks, records):

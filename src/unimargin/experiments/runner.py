@@ -46,6 +46,9 @@ __all__ = [
     "pin_device",
     "rerun_command",
     "Progress",
+    "format_duration",
+    "metrics_text",
+    "epoch_summary",
     "FINGERPRINT_FILE",
     "HASH_LIMIT_BYTES",
 ]
@@ -231,7 +234,6 @@ def _reuse_record(task: RunTask, cfg, fingerprint: dict[str, Any], log) -> RunRe
         if problem is not None:
             log(f"[run] {task.label}: checkpoint does not load ({problem}); retraining")
             return None
-    log(f"[run] reuse {task.label}: {summary.get('status')}")
     record = _record(task, summary)
     record.reused = True
     return record
@@ -243,9 +245,36 @@ def _record(task: RunTask, summary: dict[str, Any]) -> RunRecord:
 
 
 # --------------------------------------------------------------------------- one run
-def train_task(task: RunTask, log: Callable[[str], None]) -> RunRecord:
+def epoch_summary(epoch: int, record: dict) -> dict[str, Any]:
+    """What a progress line shows of an engine epoch record (metrics.jsonl row, CONTRACT.md):
+    validation sw/uni, train loss, status. Small, so it is cheap to send between processes."""
+    val = record.get("val") if isinstance(record.get("val"), dict) else {}
+    train = record.get("train") if isinstance(record.get("train"), dict) else {}
+    return {"epoch": epoch, "status": record.get("status", "ok"),
+            "val": {k: val.get(k) for k in ("sw", "uni")}, "loss": train.get("loss")}
+
+
+def _epoch_callback(emit: Callable[[str, Any], None]):
+    """A :class:`unimargin.train.TrainCallback` reporting ``emit("epoch", epoch_summary)``."""
+    from unimargin.train import TrainCallback
+
+    class EpochEvents(TrainCallback):
+        def on_epoch_end(self, epoch: int, record: dict) -> None:
+            emit("epoch", epoch_summary(epoch, record))
+
+    return EpochEvents()
+
+
+def _no_events(kind: str, payload: Any) -> None:
+    pass
+
+
+def train_task(task: RunTask, log: Callable[[str], None],
+               emit: Callable[[str, Any], None] = _no_events) -> RunRecord:
     """Train (or reuse) one run; a crash inside it gives a ``failed`` record, a configuration
-    error (ValueError/TypeError) propagates (it is the user's to fix)."""
+    error (ValueError/TypeError) propagates (it is the user's to fix). ``emit(kind, payload)``
+    reports progress: ``("start", None)`` when training begins (not for a reused run), then
+    ``("epoch", epoch_summary)`` after every epoch."""
     from unimargin.train import train
 
     cfg = task.config()
@@ -254,9 +283,10 @@ def train_task(task: RunTask, log: Callable[[str], None]) -> RunRecord:
         record = _reuse_record(task, cfg, fingerprint, log)
         if record is not None:
             return record
+    emit("start", None)
     started = time.perf_counter()
     try:
-        summary = train(cfg)
+        summary = train(cfg, callbacks=[_epoch_callback(emit)])
     except (ValueError, TypeError):
         raise
     except Exception as error:  # one crashed run must not lose the others
@@ -318,9 +348,15 @@ def plugin_modules(tasks: Sequence[RunTask]) -> list[str]:
     return sorted(n for n in names if n.split(".")[0] != "unimargin" and n not in ("__main__", "__mp_main__"))
 
 
-def _worker_init(parent_pid: int, devices=None, modules: Sequence[str] = ()) -> None:
+# Worker-process state set by _worker_init: the parent's event queue (progress and log
+# lines travel through it, so the parent prints everything in order, around its bar).
+_EVENTS = None
+
+
+def _worker_init(parent_pid: int, devices=None, modules: Sequence[str] = (), events=None) -> None:
     import importlib
 
+    global _EVENTS
     _set_parent_death_signal()
     if devices is not None:
         pin_device(devices.get())
@@ -331,14 +367,18 @@ def _worker_init(parent_pid: int, devices=None, modules: Sequence[str] = ()) -> 
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     # Ctrl-C goes to the whole foreground process group: the parent handles it and kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _EVENTS = events
 
 
-def _stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _worker_entry(index: int, task: RunTask) -> RunRecord:
+    events = _EVENTS
 
+    def emit(kind: str, payload: Any) -> None:
+        # SimpleQueue.put writes to the pipe before returning (no feeder thread): every
+        # event of this run is readable in the parent before the run's result is.
+        events.put((index, kind, payload))
 
-def _worker_entry(task: RunTask) -> RunRecord:
-    return train_task(task, _stderr_log)
+    return train_task(task, lambda message: emit("log", message), emit)
 
 
 def plan_devices(device: str | None, jobs: int, count: int | None = None) -> list[str | None]:
@@ -369,22 +409,27 @@ def _kill_workers(pool) -> None:
 
 def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, RunRecord], None],
               log: Callable[[str], None], cost: Callable[[RunTask], float] | None = None,
-              devices: Sequence[str | None] | None = None) -> list[RunRecord]:
+              devices: Sequence[str | None] | None = None,
+              on_event: Callable[[int, str, Any], None] | None = None) -> list[RunRecord]:
     """Train every task, ``jobs`` at a time; returns the records in task order.
 
     Runs are independent and seeded, so results do not depend on ``jobs`` or the order.
     Parallel runs use spawned processes (a forked child of a process that already ran
     OpenMP code can hang) that die with the parent. Tasks are started longest first
     (``cost``, default the number of epochs) so the last runs do not leave a core idle.
-    ``on_record(index, record)`` is called in the parent as each run finishes. ``devices``
-    (:func:`plan_devices`): worker i sees only GPU ``devices[i]`` (:func:`pin_device`).
+    ``on_record(index, record)`` is called in the parent as each run finishes;
+    ``on_event(index, kind, payload)`` (:func:`train_task`'s "start" / "epoch" events) in
+    the parent as they happen, before that run's ``on_record``; workers' log lines reach
+    ``log`` in the parent. ``devices`` (:func:`plan_devices`): worker i sees only GPU
+    ``devices[i]`` (:func:`pin_device`).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
+    on_event = on_event or (lambda index, kind, payload: None)
     records: list[RunRecord | None] = [None] * len(tasks)
     if jobs == 1 or len(tasks) <= 1:
         for index, task in enumerate(tasks):
-            records[index] = train_task(task, log)
+            records[index] = train_task(task, log, lambda kind, payload, i=index: on_event(i, kind, payload))
             on_record(index, records[index])
         return records  # type: ignore[return-value]
     import multiprocessing
@@ -399,9 +444,19 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, Run
         device_queue = context.Queue()
         for slot in range(workers):
             device_queue.put(devices[slot % len(devices)])
+    events = context.SimpleQueue()
+
+    def drain() -> None:
+        while not events.empty():
+            index, kind, payload = events.get()
+            if kind == "log":
+                log(payload)
+            else:
+                on_event(index, kind, payload)
+
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                initializer=_worker_init,
-                               initargs=(os.getpid(), device_queue, plugin_modules(tasks)))
+                               initargs=(os.getpid(), device_queue, plugin_modules(tasks), events))
     previous_term = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):  # SIGTERM: stop like Ctrl-C (workers are killed below)
@@ -410,10 +465,11 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, Run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)
     try:
-        futures = {pool.submit(_worker_entry, tasks[i]): i for i in order}
+        futures = {pool.submit(_worker_entry, i, tasks[i]): i for i in order}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            drain()
             for future in done:
                 index = futures[future]
                 records[index] = future.result()
@@ -425,103 +481,132 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, Run
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous_term)
     pool.shutdown(wait=True)
+    drain()
     return records  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- progress
 class Progress:
-    """Progress lines for a grid: "run k/N head seed" when a run starts or finishes, and
-    per-epoch lines read from each run's ``metrics.jsonl`` (works across processes): epoch,
-    SW/Uni in % with 2 decimals, elapsed and estimated remaining time of the grid."""
+    """Progress of a grid (issue 12), printed through ``log``:
 
-    def __init__(self, tasks: Sequence[RunTask], log: Callable[[str], None], interval: float = 1.0):
+    - ``run k/N: LABEL`` when run k (grid order) starts training;
+    - ``run k/N LABEL: epoch e/E, val sw 93.12% uni 90.00%, loss 0.4321 (elapsed 12s, ~1m05s left)``
+      after every epoch (validation split, CONTRACT.md), or, with ``bar``, a tqdm bar over
+      the grid's epochs on a terminal instead of these lines;
+    - ``run k/N LABEL: completed in 21.3 s, test sw 93.12% uni 90.00% (5/12 done, ...)``
+      when it ends (``reused`` for a run taken from an earlier invocation).
+
+    Numbers are percentages with 2 decimals. The time left is the time since the first run
+    started training × epochs still to train / epochs trained in this invocation (reused
+    runs count as done; a diverged run's remaining epochs are dropped).
+    Call :meth:`event` with :func:`run_tasks`'s events and :meth:`finished` with its records.
+    """
+
+    def __init__(self, tasks: Sequence[RunTask], log: Callable[[str], None], bar: bool = False,
+                 what: str = "runs"):
         self.tasks = list(tasks)
         self.log = log
-        self.interval = interval
-        self.started = time.perf_counter()
-        self.seen = [0] * len(self.tasks)
+        self.what = what
+        self.started_at = time.perf_counter()
         self.done: set[int] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._epochs_done = 0
-        self._epochs_total = sum(int(t.options.get("epochs") or 0) for t in self.tasks)
+        self._epochs = [int(t.options.get("epochs") or 0) for t in self.tasks]
+        self._seen = [0] * len(self.tasks)
+        self._trained = 0  # epochs trained in this invocation
+        self._first_start: float | None = None
+        self._bar = None
+        if bar:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm is the optional [progress] extra: lines instead
+                tqdm = None
+            if tqdm is not None:
+                import shutil
 
-    def _remaining(self) -> str:
-        elapsed = time.perf_counter() - self.started
-        if self._epochs_done == 0:
-            return f"elapsed {_duration(elapsed)}"
-        left = elapsed * (self._epochs_total - self._epochs_done) / self._epochs_done
-        return f"elapsed {_duration(elapsed)}, ~{_duration(left)} left"
+                # shutil falls back to $COLUMNS / 80 where a terminal reports width 0
+                self._bar = tqdm(total=sum(self._epochs), unit="epoch", leave=False, file=sys.stderr,
+                                 ncols=max(40, shutil.get_terminal_size().columns - 1))
 
-    def _poll(self) -> None:
-        for index, task in enumerate(self.tasks):
-            if index in self.done:
-                continue
-            history = _safe_history(task.run_dir)
-            for row in history[self.seen[index]:]:
-                self._epochs_done += 1
-                self.log(f"[{index + 1}/{len(self.tasks)} {task.label}] epoch {row.get('epoch', '?')}/"
-                         f"{task.options.get('epochs', '?')} {_metrics_text(row)} ({self._remaining()})")
-            self.seen[index] = max(self.seen[index], len(history))
+    # ------------------------------------------------------------------ output
+    def write(self, message: str) -> None:
+        """A log line that does not break the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            self.log(message)
+
+    def _name(self, index: int) -> str:
+        return f"run {index + 1}/{len(self.tasks)}"
+
+    def _left(self) -> int:
+        return sum(e - s for e, s in zip(self._epochs, self._seen))
+
+    def timing(self) -> str:
+        now = time.perf_counter()
+        elapsed = now - self.started_at
+        if self._trained == 0 or self._first_start is None:
+            return f"elapsed {format_duration(elapsed)}"
+        # the rate since the first run started training: worker start-up is not training
+        left = (now - self._first_start) * self._left() / self._trained
+        return f"elapsed {format_duration(elapsed)}, ~{format_duration(left)} left"
+
+    # ------------------------------------------------------------------ events
+    def event(self, index: int, kind: str, payload: Any) -> None:
+        if kind == "start":
+            if self._first_start is None:
+                self._first_start = time.perf_counter()
+            self.write(f"{self._name(index)}: {self.tasks[index].label}")
+        elif kind == "epoch":
+            self._seen[index] = min(self._epochs[index], self._seen[index] + 1)
+            self._trained += 1
+            epoch = payload.get("epoch", "?")
+            text = metrics_text(payload.get("val") or {}, "val")
+            if isinstance(payload.get("loss"), (int, float)):
+                text += f", loss {payload['loss']:.4f}"
+            if payload.get("status") not in (None, "ok"):
+                text += f", {payload['status']}"
+            if self._bar is not None:
+                self._bar.update(1)
+                self._bar.set_postfix_str(f"{self.tasks[index].label} epoch {epoch}: {text}", refresh=True)
+            else:
+                self.write(f"{self._name(index)} {self.tasks[index].label}: epoch {epoch}/{self._epochs[index]}, "
+                           f"{text} ({self.timing()})")
 
     def finished(self, index: int, record: RunRecord) -> None:
-        with self._lock:
-            if not record.reused:
-                self._poll()
-            self.done.add(index)
-            self._epochs_done += max(0, int(self.tasks[index].options.get("epochs") or 0) - self.seen[index])
-            self.seen[index] = int(self.tasks[index].options.get("epochs") or 0)
-            what = "reused" if record.reused else record.status
-            self.log(f"[run {len(self.done)}/{len(self.tasks)}] {self.tasks[index].label}: {what} "
-                     f"in {record.runtime_s:.1f} s: {_metrics_text(record.final)} ({self._remaining()})")
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                self._poll()
+        self.done.add(index)
+        if self._bar is not None:
+            self._bar.update(self._epochs[index] - self._seen[index])
+        self._seen[index] = self._epochs[index]  # diverged/failed/reused: nothing more to train
+        what = (f"reused ({record.status} earlier)" if record.reused
+                else f"{record.status} in {format_duration(record.runtime_s)}")
+        self.write(f"{self._name(index)} {self.tasks[index].label}: {what}, {metrics_text(record.final, 'test')} "
+                   f"({len(self.done)}/{len(self.tasks)} {self.what} done, {self.timing()})")
 
     def __enter__(self) -> "Progress":
-        self.log(f"[grid] {len(self.tasks)} runs: " + ", ".join(t.label for t in self.tasks))
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._bar is not None:
+            self._bar.close()
 
 
-def _safe_history(run_dir: str) -> list[dict[str, Any]]:
-    try:
-        return read_history(run_dir)
-    except (ValueError, OSError):  # a line being written right now
-        return []
-
-
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``"8.4s"`` under a minute, ``"2m05s"``, ``"1h02m"``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
     seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _metrics_text(row: dict[str, Any]) -> str:
-    """"sw 93.12% uni 90.00%" from a metrics.jsonl row or a final-metrics dict."""
+def metrics_text(metrics: dict[str, Any], split: str) -> str:
+    """``"val sw 93.12% uni 90.00%"``: sw and uni in % with 2 decimals (``-`` when absent)."""
     parts = []
     for key in ("sw", "uni"):
-        value = row.get(key)
-        if value is None:
-            for split in ("val", "test"):
-                nested = row.get(split)
-                if isinstance(nested, dict) and nested.get(key) is not None:
-                    value = nested[key]
-                    break
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            parts.append(f"{key} {100.0 * value:.2f}%")
-    loss = row.get("loss", (row.get("train") or {}).get("loss") if isinstance(row.get("train"), dict) else None)
-    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-        parts.insert(0, f"loss {loss:.4f}")
-    return " ".join(parts) or "-"
+        value = metrics.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        parts.append(f"{key} {100.0 * value:.2f}%" if ok else f"{key} -")
+    return f"{split} " + " ".join(parts)
 
 
 # --------------------------------------------------------------------------- records

@@ -91,8 +91,11 @@ def run_sweep(
     jobs: int = 1,
     command: str | None = None,
     log: Callable[[str], None] = print,
+    progress_bar: bool = False,
 ) -> SweepResult:
-    """Train ``head`` once per (value, seed) with ``param`` set to the value."""
+    """Train ``head`` once per (value, seed) with ``param`` set to the value. ``reuse``,
+    ``overwrite``, ``jobs``, ``log`` and ``progress_bar`` as in
+    :func:`unimargin.experiments.compare.run_compare`."""
     from unimargin.heads import build_head, list_heads
     from unimargin.train import TrainConfig
     from unimargin.train.config import OPTIMIZER_FIELDS, resolve_config
@@ -146,14 +149,15 @@ def run_sweep(
             task_values.append(value)
     finished: dict[int, RunRecord] = {}
 
-    with Progress(tasks, log) as progress:
+    log(f"[grid] {len(tasks)} runs, {min(jobs, len(tasks))} at a time, into {out}")
+    with Progress(tasks, log, bar=progress_bar) as progress:
         def on_record(index: int, record: RunRecord) -> None:
             record.param_value = task_values[index]
             finished[index] = record
             progress.finished(index, record)
             write_records(out, [finished[i] for i in sorted(finished)])
 
-        records = run_tasks(tasks, jobs, on_record, log,
+        records = run_tasks(tasks, jobs, on_record, progress.write, on_event=progress.event,
                             devices=plan_devices(base.get("device"), max(1, min(jobs, len(tasks)))))
     wall = time.perf_counter() - started
     settings = settings_from_records(records, settings, key_of=lambda r: f"{head} ({name}={r.param_value})")

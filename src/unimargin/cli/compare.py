@@ -25,7 +25,8 @@ def register(sub) -> None:
     t = p.add_argument_group("tuning (docs/compare.md; needs unimargin[tune])")
     t.add_argument("--tune", type=str, default=None, metavar="P1,P2",
                    help="tune each head's lr (and/or weight_decay, or a head hyper-parameter such as "
-                        "lmdl.delta_d) on seed 0's validation split before training every seed")
+                        "lmdl.delta_d; NAME=LOW:HIGH sets the range) on the first seed's validation split "
+                        "before training every seed")
     t.add_argument("--trials", type=int, default=8, help="Optuna trials per head (default 8)")
     t.add_argument("--tune-epochs", type=int, default=None, help="epochs per trial (default: --epochs)")
     t.add_argument("--tune-metric", choices=["sw", "uni"], default="sw", help="validation metric maximised")
@@ -43,9 +44,9 @@ def run(args) -> int:
         heads = ",".join(heads)
     tune = None
     if args.tune:
-        # experiments/tune.py is not written yet (issue 13): say so instead of crashing
-        raise ValueError("--tune: learning-rate tuning is not available in this version yet "
-                         "(issue 13); run compare without --tune")
+        from unimargin.experiments.tune import parse_tune
+
+        tune = parse_tune(args.tune, trials=args.trials, epochs=args.tune_epochs, metric=args.tune_metric)
 
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     result = run_compare(heads=heads, head_params=head_params, log=log, tune=tune,

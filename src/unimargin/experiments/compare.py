@@ -127,6 +127,10 @@ def run_compare(
                  out=str(out / "runs" / head / f"seed{seed_list[0]}")), source="compare"))
     splits = load_eval_data(base)
     started = time.perf_counter()
+    stale = out / "tune" / "tune.json"
+    if tune is None and stale.exists():  # the report must not show an earlier invocation's tuning
+        stale.unlink()
+        log(f"[compare] removed {stale}: this compare is not tuned")
 
     tuning: dict[str, Any] = {}
     per_head_options: dict[str, dict[str, Any]] = {h: dict(base) for h in head_names}
@@ -134,7 +138,7 @@ def run_compare(
         from .tune import tune_heads
 
         tuning, chosen = tune_heads(tune, base, head_names, head_params, out, seed_list[0], jobs=jobs,
-                                    reuse=reuse, log=log)
+                                    reuse=reuse, log=log, progress_bar=progress_bar)
         for head, values in chosen.items():
             for key, value in values.items():
                 if key.startswith("head."):
@@ -182,7 +186,11 @@ def run_compare(
         command = rerun_command("compare", dict(
             dataset=dataset, heads=head_names, seeds=seeds, first_seed=first_seed or None, epochs=epochs,
             out=str(out),
-            head_param={f"{h}:{k}": v for h, p in head_params.items() for k, v in p.items()} or None,
+            head_param={f"{h}:{k}": v for h, p in head_params.items() for k, v in p.items()
+                        if tune is None or f"{h}.{k}" not in tune.params} or None,
+            **(dict(tune=",".join(f"{p}={dict(tune.ranges)[p][0]:g}:{dict(tune.ranges)[p][1]:g}"
+                                  if p in dict(tune.ranges) else p for p in tune.params),
+                    trials=tune.trials, tune_epochs=tune.epochs, tune_metric=tune.metric) if tune else {}),
         ), overrides, out)
     settings = settings_from_records(records, settings)
     overridden = [k for k in overrides if k in OPTIMIZER_FIELDS]

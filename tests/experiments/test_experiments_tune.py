@@ -74,6 +74,11 @@ def test_tune_json_holds_every_trial_and_the_choice(tuned):
         done = [t for t in study["trials"] if t["value"] is not None]
         best = max(done, key=lambda t: t["value"])
         assert study["best"] == best["params"] and study["best_value"] == best["value"]
+        # the first seed's run is the chosen trial (trained for the same epochs); not "reused"
+        first = next(r for r in records if r["head"] == head and r["seed"] == 0)
+        chosen = next(t for t in study["trials"] if t["params"] == study["best"])
+        assert first["final"] == json.loads((out / chosen["out"] / "summary.json").read_text())["final"]
+        assert not first["reused"]
         # every seed trains at the chosen values
         for record in (r for r in records if r["head"] == head):
             assert record["config"]["lr"] == study["best"]["lr"]

@@ -162,11 +162,28 @@ def run_compare(
     tasks = [RunTask(options=per_head_options[head], head=head, seed=seed, head_params=head_params.get(head, {}),
                      run_dir=str(out / "runs" / head / f"seed{seed}"), reuse=reuse, label=f"{head} seed {seed}")
              for seed, head in grid]
+    from_trial: set[str] = set()  # labels of runs that are their head's chosen trial
+    if tuning:
+        from .tune import best_trial_dir
+
+        for task in tasks:
+            trial = best_trial_dir(tuning, task.head, out) if task.seed == seed_list[0] else None
+            if trial is not None and trial.is_dir() and not Path(task.run_dir).exists():
+                # The first seed's run at the chosen values, trained for --epochs, is the best
+                # trial itself (same config, seed and data): start from its copy; the reuse
+                # checks (config, data fingerprint, checkpoint) still decide whether it is kept.
+                import shutil
+
+                shutil.copytree(trial, task.run_dir, ignore=shutil.ignore_patterns(".lock", "*.tmp"))
+                task.reuse = True
+                from_trial.add(task.label)
     finished: dict[int, RunRecord] = {}
 
     log(f"[grid] {len(tasks)} runs, {min(jobs, len(tasks))} at a time, into {out}")
     with Progress(tasks, log, bar=progress_bar) as progress:
         def on_record(index: int, record: RunRecord) -> None:
+            if record.reused and tasks[index].label in from_trial and not reuse:
+                record.reused = False  # trained by this invocation (as its tuning trial)
             finished[index] = record
             progress.finished(index, record)
             write_records(out, [finished[i] for i in sorted(finished)])

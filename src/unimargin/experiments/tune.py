@@ -19,7 +19,9 @@ the grid (process pool, ``reuse`` by config + data fingerprint + checkpoint). Tr
 asked :data:`ASK_BATCH` at a time per head whatever ``jobs`` is, so the chosen values do not
 depend on ``--jobs``; the sampler is deterministic given the values it is told, so a rerun
 with ``--reuse`` asks the same trials and reuses the finished ones. Everything is written to
-``OUT/tune/tune.json`` (CONTRACT.md), rewritten after every round.
+``OUT/tune/tune.json`` (CONTRACT.md), rewritten after every round. When trials train for
+the grid's epochs, the first seed's grid run of a head is its chosen trial (copied, then
+checked like any reused run), so tuning costs ``trials`` runs per head, not ``trials + 1``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from unimargin.report.records import RunRecord
 
 from .runner import Progress, RunTask, run_tasks
 
-__all__ = ["TuneSpec", "parse_tune", "search_space", "trial_value", "tune_heads", "DEFAULT_HEAD_RANGES",
+__all__ = ["TuneSpec", "parse_tune", "search_space", "trial_value", "tune_heads", "best_trial_dir", "DEFAULT_HEAD_RANGES",
            "TRAIN_PARAMS", "ASK_BATCH", "TUNE_JSON"]
 
 TUNE_JSON = Path("tune") / "tune.json"
@@ -205,7 +207,7 @@ def tune_heads(spec: TuneSpec, base: dict[str, Any], heads: Sequence[str], head_
     studies = {head: optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
         seed=spec.sampler_seed, n_startup_trials=max(2, spec.trials // 2))) for head in heads if spaces[head]}
     result: dict[str, Any] = {"metric": f"val.{spec.metric}", "trials_per_head": spec.trials, "epochs": epochs,
-                              "seed": seed, "heads": {}}
+                              "grid_epochs": int(base["epochs"]), "seed": seed, "heads": {}}
     trials_of: dict[str, list[dict[str, Any]]] = {head: [] for head in studies}
     log(f"[tune] {', '.join(studies)}: {spec.trials} trials each on seed {seed}'s validation split, "
         f"maximising val {spec.metric}, {epochs} epochs per trial, into {out / 'tune'}")
@@ -247,6 +249,16 @@ def tune_heads(spec: TuneSpec, base: dict[str, Any], heads: Sequence[str], head_
             f"trial {best['number']})")
     _write(result, spaces, trials_of, out, chosen)
     return result, chosen
+
+
+def best_trial_dir(tuning: dict[str, Any], head: str, out: Path) -> Path | None:
+    """The run directory of ``head``'s chosen trial when it trained for as many epochs as
+    the grid's runs (``tuning["grid_epochs"]``), else None."""
+    study = tuning.get("heads", {}).get(head) or {}
+    if not study.get("best") or tuning.get("epochs") != tuning.get("grid_epochs"):
+        return None
+    trial = next((t for t in study.get("trials", []) if t["params"] == study["best"] and t["value"] is not None), None)
+    return None if trial is None else Path(out) / trial["out"]
 
 
 def _format(params: dict[str, float]) -> str:

@@ -137,21 +137,27 @@ def main(argv=None):
             eng_eval.append(t_eval)
             print(f"rep {r}: hand {hand[-1]:.2f}s engine {eng[-1]:.2f}s (+eval/ckpt {t_eval:.2f}s)",
                   file=sys.stderr)
-        # 3. previous vs current defaults; the previous engine evaluated the 10 000 test
-        # images every epoch: a validation split of that size stands in for them
+        # 3. previous vs current defaults on the same training data (same split, seed and
+        # steps): evaluation batch 1024 and NCHW before, 256 and channels_last now; and the
+        # previous engine's per-epoch evaluation of the 10 000 test images (a validation
+        # split of that size stands in for them: a different training subset, see note)
         n_full = load_dataset(dataset).x_train.shape[0]
-        old_options = dict(eval_batch_size=1024, channels_last=False, val_fraction=10000 / n_full)
-        before, after, acc = [], [], {}
+        variants = (("before", dict(eval_batch_size=1024, channels_last=False)),
+                    ("after", {}),
+                    ("before_10k", dict(eval_batch_size=1024, channels_last=False,
+                                        val_fraction=10000 / n_full)))
+        times = {name: [] for name, _ in variants}
+        acc = {}
+        import json
+
         for r in range(args.reps):
-            for name, options, times in (("before", old_options, before), ("after", {}, after)):
+            for name, options in variants:
                 t_train, t_eval, _ = engine_epoch(dataset, model_name, "softmax", args.limit_train,
                                                   lr, 0, os.path.join(tmp, name), **options)
-                times.append((t_train, t_eval))
+                times[name].append((t_train, t_eval))
                 with open(os.path.join(tmp, name, "summary.json")) as fh:
-                    import json
-
                     acc[name] = json.load(fh)["final"]["sw"]
-            print(f"rep {r}: before {sum(before[-1]):.2f}s after {sum(after[-1]):.2f}s", file=sys.stderr)
+            print(f"rep {r}: " + ", ".join(f"{n} {sum(times[n][-1]):.2f}s" for n in times), file=sys.stderr)
     heads = ["softmax", "lmdl", "bce-u"]
     steps = step_times(dataset, model_name, heads, args.steps, args.reps)
     ratio_epoch = min(eng) / min(hand)
@@ -189,23 +195,32 @@ def main(argv=None):
     for h in heads:
         lines.append(f"| {h} | {steps[h] * 1e3:.2f} | {steps[h] / steps['softmax']:.3f} | "
                      f"{'' if h == 'softmax' else '<= 1.15'} |")
-    b_train, b_eval = min(t for t, _ in before), min(e for _, e in before)
-    a_train, a_eval = min(t for t, _ in after), min(e for _, e in after)
-    b_total, a_total = min(t + e for t, e in before), min(t + e for t, e in after)
+    def best(name):
+        rows = times[name]
+        return (min(t for t, _ in rows), min(e for _, e in rows), min(t + e for t, e in rows))
+
+    b, a, old10k = best("before"), best("after"), best("before_10k")
     lines += [
         "",
-        "## 3. One engine epoch: previous defaults vs current defaults (softmax head)",
+        "## 3. One engine epoch: previous vs current defaults (softmax head)",
         "",
-        "| defaults | training (s) | evaluation + checkpoint (s) | epoch (s) | ratio | test SW |",
+        "| defaults | training (s) | per-epoch evaluation + checkpoint (s) | epoch (s) | ratio | test SW |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| previous: eval 10 000 images at batch 1024, NCHW | {b_train:.3f} | {b_eval:.3f} | "
-        f"{b_total:.3f} | 1.000 | {100 * acc['before']:.2f} % |",
-        f"| current: validation split at batch 256, channels_last | {a_train:.3f} | {a_eval:.3f} | "
-        f"{a_total:.3f} | {a_total / b_total:.3f} | {100 * acc['after']:.2f} % |",
+        f"| previous engine settings: evaluation batch 1024, NCHW | {b[0]:.3f} | {b[1]:.3f} | "
+        f"{b[2]:.3f} | 1.000 | {100 * acc['before']:.2f} % |",
+        f"| current: evaluation batch 256, channels_last | {a[0]:.3f} | {a[1]:.3f} | {a[2]:.3f} | "
+        f"{a[2] / b[2]:.3f} | {100 * acc['after']:.2f} % |",
+        f"| previous engine: 10 000 images evaluated per epoch at batch 1024, NCHW | {old10k[0]:.3f} | "
+        f"{old10k[1]:.3f} | {old10k[2]:.3f} | {a[2] / old10k[2]:.3f} (current / this) | "
+        f"{100 * acc['before_10k']:.2f} % |",
         "",
-        "Same seed and training steps; channels_last is the same arithmetic in another memory "
-        "order (not bit-identical), so the two test SW differ only by float rounding of training. "
-        "Target: <= 0.6.",
+        "Rows 1 and 2 train on the same data with the same seed and steps; channels_last is the "
+        "same arithmetic in another memory order (not bit-identical), so their test SW differ by "
+        "float rounding of training only. Row 3 reproduces the previous engine's per-epoch cost "
+        "(it evaluated the 10 000 test images every epoch; the protocol now evaluates the "
+        "validation split, here 6 000 images, and the test split once): a validation split of "
+        "10 000 images stands in for the test set, so its 10 000 training images are a different "
+        "subset and its SW is not comparable. Target: current <= 0.6 x previous.",
         "",
     ]
     text = "\n".join(lines)

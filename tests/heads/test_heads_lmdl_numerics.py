@@ -16,7 +16,7 @@ from torch.func import functional_call
 from heads_reference import lmdl_reference_step
 from unimargin import build_head
 from unimargin._native import lmdl_kernel
-from unimargin.heads.lmdl import autograd_path, lmdl_terms, uses_fused_step
+from unimargin.heads.lmdl import autograd_path, lmdl_terms, step_path
 from unimargin.heads.lmdl import terms as terms_module
 
 HP = dict(delta_v=0.5, delta_d=1.5, compact_weight=1.0, margin_weight=1.0, reg_weight=0.001,
@@ -119,7 +119,7 @@ def _assert_close_to_reference(got, ref, rtol):
 def test_near_duplicate_weights_float32_on_pytorch_path(K, aggregation, ratio):
     case = near_duplicates(K, spread=100.0 / ratio)
     with autograd_path():  # K = 64 would otherwise take the fused step
-        assert not uses_fused_step(K, distributed=False)
+        assert step_path(K, distributed=False) == "terms"
         got = _head_step(*case, aggregation)
     _assert_close_to_reference(got, _reference_step(*case, aggregation), rtol=1e-3)
 
@@ -140,7 +140,7 @@ def test_issue_numbers_regression(aggregation):
     # the fused step's PyTorch implementation (GPU, no compiler) at K = 64: its pair
     # distances (torch.cdist) were the expansion too above 25 classes
     with lmdl_kernel.disabled():
-        assert uses_fused_step(64, distributed=False)
+        assert step_path(64, distributed=False) == "fused"
         fused_loss, fused_terms, _ = _head_step(*case, aggregation)
     assert _relative(fused_terms["margin"], ref_terms["margin"]) < 1e-3
     assert _relative(fused_loss, ref_loss) < 1e-3

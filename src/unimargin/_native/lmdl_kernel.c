@@ -33,6 +33,31 @@
 #define WORK_SIZE(B, K) (WORK_PDIST(B, K) + (K) * (K))
 
 long lmdl_work_size(long B, long K) { return WORK_SIZE(B, K); }
+
+/* ---- the present-class step (any K; max aggregation): lmdl_present + lmdl_present_* ----
+ * The B×K and P×K×d products (logits, their log-softmax, the P×K Gram W_p Wᵀ that ranks
+ * nearest-boundary candidates, and the backward's two matmuls) run in the caller's
+ * multi-threaded BLAS; these functions do every other part in one pass each: O(B·d + B·K +
+ * P·K + P·d·candidates). */
+
+/* The classes present in y (sorted) and each sample's row among them. Returns P, or
+ * −(1 + i) for the first label y_i outside [0, K). mark is K scratch longs. */
+long lmdl_present(long B, long K, const int64_t *y, int64_t *present, int64_t *rows, int64_t *mark) {
+    for (long k = 0; k < K; k++) mark[k] = -1;
+    for (long i = 0; i < B; i++) {
+        if (y[i] < 0 || y[i] >= K) return -(1 + i);
+        mark[y[i]] = 0;
+    }
+    long P = 0;
+    for (long k = 0; k < K; k++)
+        if (mark[k] == 0) { mark[k] = P; present[P++] = k; }
+    for (long i = 0; i < B; i++) rows[i] = mark[y[i]];
+    return P;
+}
+
+/* work layout of the present-class step (REAL elements): m̄ (P×d), then P counts, P κ,
+ * P mean ‖f‖, P d*, P ‖Δ*‖, B ‖r_i‖ */
+long lmdl_present_work_size(long B, long P, long d) { return P * d + 5 * P + B; }
 long lmdl_scratch_size(long B, long K, long d) { return K * K + K * d + B * K; }
 
 /* register width of the target (-march=native when the compiler takes it) */
@@ -144,6 +169,43 @@ static void FN(combine_rows)(REAL *out, const REAL *base, const REAL *extra, con
         REAL v = base[t] + (extra ? extra[t] : (REAL)0);
         for (long m = 0; m < count; m++) v += coef[m * stride] * rows[m * d + t];
         out[t] = v;
+    }
+}
+
+/* (w_c − w_j)ᵀ m and ‖w_c − w_j‖² with vector accumulators (a scalar loop would be an
+ * in-order reduction: one dependent add per element) */
+static inline void FN(pair_terms)(const REAL *wc, const REAL *wj, const REAL *m, long n, REAL *numer, REAL *sq) {
+    FN(vec) s0 = {0}, q0 = {0};
+    long j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        FN(vec) t = FN(load)(wc + j) - FN(load)(wj + j);
+        s0 += t * FN(load)(m + j);
+        q0 += t * t;
+    }
+    REAL s = FN(hsum)(s0), q = FN(hsum)(q0);
+    for (; j < n; j++) {
+        REAL t = wc[j] - wj[j];
+        s += t * m[j], q += t * t;
+    }
+    *numer = s, *sq = q;
+}
+
+/* the margin's pair gradient: gm += a Δ, gc = a m + e Δ, gj = −gc, Δ = wc − wj */
+static inline void FN(pair_grad)(const REAL *restrict wc, const REAL *restrict wj, const REAL *restrict m, REAL a,
+                                 REAL e, long n, REAL *restrict gm, REAL *restrict gc, REAL *restrict gj) {
+    for (long t = 0; t < n; t++) {
+        REAL df = wc[t] - wj[t], v = a * m[t] + e * df;
+        gm[t] += a * df;
+        gc[t] = v, gj[t] = -v;
+    }
+}
+
+/* compactness residual gradient: q = a (f − m); gf = q, gm −= q */
+static inline void FN(resid_grad)(const REAL *restrict f, const REAL *restrict m, REAL a, long n,
+                                  REAL *restrict gf, REAL *restrict gm) {
+    for (long t = 0; t < n; t++) {
+        REAL q = a * (f[t] - m[t]);
+        gf[t] = q, gm[t] -= q;
     }
 }
 
@@ -331,6 +393,196 @@ void FN(lmdl_backward)(long B, long K, long d, const REAL *f, const REAL *W, con
         FN(combine_rows)(grad_f + i * d, grad_f + i * d, grad_mean + y[i] * d, dz + i * K, 1, W, K, d);
     for (long k = 0; k < K; k++)
         FN(combine_rows)(grad_W + k * d, grad_W + k * d, NULL, dz + k, K, f, B, d);
+}
+
+
+/* Present-class forward (max aggregation), on top of Z = f Wᵀ + b, lp = log_softmax(Z) and
+ * G = W_p Wᵀ (P×K) computed by the caller; rows/present from lmdl_present. Same terms as
+ * heads/lmdl/terms.py (THE formula):
+ *   m̄_p, m_p = seen ? m̄ + μ (M − m̄) : m̄;  compact = Σ_p mean_{i∈p} h_i² / P,
+ *   h_i = [‖f_i − m_p‖ − δ_v]₊ (‖r‖² at δ_v = 0);  CE = −mean_i lp[i, y_i];
+ *   margin = Σ_p [δ_d − min_{j≠c} d_cj]₊ / P with d_cj from the difference vector
+ *   w_c − w_j; reg = Σ_p ‖m_p‖ / P.
+ * The arg-min j*(c) is found as in terms.py's _margin_candidates: the expansion
+ * (numerator = class mean of the logits, denominator² = ‖w_c‖² + ‖w_j‖² − 2 G) only ranks,
+ * with H1's rounding-error bounds (τ = 2 (d + n_max + 8) u, near pairs R² = 256 τ σ_c,
+ * per-row threshold U_c) deciding which j are re-checked exactly; j* is the lowest j
+ * with the least exact d_cj. zbar is P×K scratch. */
+void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, const REAL *W, const REAL *bias,
+                              const int64_t *y, const int64_t *present, const int64_t *rows, const REAL *Z,
+                              const REAL *lp, REAL *G, const REAL *M, const uint8_t *seen, double delta_v,
+                              double delta_d, double momentum, double ca, double cb, double cg, double unit,
+                              REAL *out, REAL *centroid, int64_t *nearest, REAL *zbar, REAL *wsq, REAL *work) {
+    REAL *mean = work, *counts = work + P * d, *keep = counts + P, *scale = keep + P;
+    REAL *dstar = scale + P, *nstar = dstar + P, *rnorm = nstar + P;
+    const REAL mu = (REAL)momentum, dv = (REAL)delta_v, dd = (REAL)delta_d;
+    memset(mean, 0, sizeof(REAL) * (size_t)(P * d));
+    memset(counts, 0, sizeof(REAL) * (size_t)(3 * P));
+    memset(zbar, 0, sizeof(REAL) * (size_t)(P * K));
+    double ce = 0;
+    for (long i = 0; i < B; i++) {
+        long p = rows[i];
+        const REAL *fi = f + i * d;
+        counts[p] += 1;
+        FN(axpy)(mean + p * d, (REAL)1, fi, d);
+        scale[p] += SQRT(FN(dot)(fi, fi, d));
+        FN(axpy)(zbar + p * K, (REAL)1, Z + i * K, K);
+        ce -= lp[i * K + y[i]];
+    }
+    REAL n_max = 0;
+    for (long p = 0; p < P; p++) {
+        REAL inv = (REAL)1 / counts[p];
+        for (long t = 0; t < d; t++) mean[p * d + t] *= inv;
+        for (long k = 0; k < K; k++) zbar[p * K + k] *= inv;
+        scale[p] *= inv;
+        if (counts[p] > n_max) n_max = counts[p];
+        const REAL *Mc = M + present[p] * d, *mc = mean + p * d;
+        REAL *cc = centroid + p * d;
+        int was_seen = seen[present[p]] != 0;
+        keep[p] = was_seen ? (REAL)1 - mu : (REAL)1;
+        for (long t = 0; t < d; t++) cc[t] = was_seen ? FN(lerp)(mc[t], Mc[t], mu) : mc[t];
+    }
+    /* compactness and reg */
+    double compact = 0, reg = 0;
+    for (long i = 0; i < B; i++) {
+        long p = rows[i];
+        REAL r2 = FN(dist2)(f + i * d, centroid + p * d, d), nr = SQRT(r2);
+        rnorm[i] = nr;
+        REAL h = nr - dv > 0 ? nr - dv : (REAL)0;
+        compact += (double)(dv == 0 ? r2 : h * h) / counts[p];
+    }
+    for (long p = 0; p < P; p++) reg += SQRT(FN(dot)(centroid + p * d, centroid + p * d, d));
+    /* nearest boundary: rank with the expansion, re-check candidates exactly */
+    REAL sq_max = 0, wn_max = 0, b_max = 0;
+    for (long k = 0; k < K; k++) {
+        wsq[k] = FN(dot)(W + k * d, W + k * d, d);
+        if (wsq[k] > sq_max) sq_max = wsq[k];
+        if (bias && fabs((double)bias[k]) > b_max) b_max = (REAL)fabs((double)bias[k]);
+    }
+    wn_max = SQRT(sq_max);
+    const double tau = 2.0 * ((double)d + (double)n_max + 8.0) * unit, rho = 1.0 / 256.0;
+    const double kappa = (rho + 6.0 * unit) / (1.0 - rho);
+    double margin = 0;
+    for (long p = 0; p < P; p++) {
+        const long c = present[p];
+        const REAL *zc = zbar + p * K, *wc = W + c * d, *mc = mean + p * d;
+        const REAL bc = bias ? bias[c] : (REAL)0;
+        double near_sq = 256.0 * tau * ((double)wsq[c] + (double)sq_max);
+        if (near_sq < 4e-24) near_sq = 4e-24;
+        /* the best far pair by the expansion */
+        /* one branch-free (vector) pass: d̂ in place of G's row; near pairs −inf (always
+         * re-checked), the self pair +inf (never) */
+        REAL *row = G + p * K;
+        const REAL near_f = (REAL)near_sq, wsq_c = wsq[c], z_c = zc[c];
+        for (long k = 0; k < K; k++) {
+            REAL den = wsq_c + wsq[k] - 2 * row[k];
+            REAL dh = (z_c - zc[k]) / SQRT(den > (REAL)1e-24 ? den : (REAL)1e-24);
+            row[k] = den < near_f ? (REAL)-INFINITY : dh;
+        }
+        row[c] = (REAL)INFINITY;
+        long first = -1;
+        REAL best_hat = (REAL)INFINITY;
+        for (long k = 0; k < K; k++)
+            if (row[k] < best_hat && row[k] > (REAL)-INFINITY) best_hat = row[k], first = k;
+        double limit = -INFINITY;
+        if (first >= 0) {
+            const REAL *wj = W + first * d;
+            REAL numer, n2;
+            FN(pair_terms)(wc, wj, mc, d, &numer, &n2);
+            REAL db = bias ? bc - bias[first] : (REAL)0, nrm = SQRT(n2);
+            numer += db;
+            double d0 = numer / (nrm > (REAL)1e-12 ? nrm : (REAL)1e-12);
+            double top = d0 + tau * (scale[p] + fabs((double)db) / (nrm > 1e-12 ? nrm : 1e-12) + fabs(d0));
+            double eps_c = tau * ((double)SQRT(wsq[c]) * scale[p] + fabs((double)bc) + wn_max * scale[p] + b_max);
+            top += eps_c / (sqrt(near_sq) * (1.0 - rho));
+            limit = top >= 0 ? top / (1.0 - kappa) : top / (1.0 + kappa);
+        }
+        long jbest = c;
+        REAL dbest = (REAL)INFINITY, nbest = 0;
+        for (long k = 0; k < K; k++) {
+            if (!((double)row[k] <= limit)) continue;  /* not a candidate (self: +inf) */
+            const REAL *wj = W + k * d;
+            REAL numer, n2;
+            FN(pair_terms)(wc, wj, mc, d, &numer, &n2);
+            if (bias) numer += bc - bias[k];
+            REAL nrm = SQRT(n2), dk = numer / (nrm > (REAL)1e-12 ? nrm : (REAL)1e-12);
+            if (dk < dbest) { dbest = dk; jbest = k; nbest = nrm; }
+        }
+        if (jbest == c) dbest = 0; /* K = 1: no j ≠ c (d = 0/1e-12 = 0, as terms.py) */
+        nearest[p] = jbest, dstar[p] = dbest, nstar[p] = nbest;
+        margin += dd - dbest > 0 ? dd - dbest : 0;
+    }
+    const double omega = P > 0 ? 1.0 / (double)P : 0.0;
+    out[1] = (REAL)(ce / (double)B), out[2] = (REAL)(compact * omega), out[3] = (REAL)(margin * omega);
+    out[4] = (REAL)(reg * omega);
+    out[0] = (REAL)((double)out[1] + ca * out[2] + cb * out[3] + cg * out[4]);
+}
+
+/* Present-class backward: S (B×K) holds softmax(Z) on entry and ∂L/∂Z = g (S − Y)/B on
+ * exit (the caller adds the downstream gradient of the logits); grad_f gets everything of
+ * ∂L/∂f except S W (compact, reg and margin through m̄ and m); pair_grad (2P×d, rows
+ * present then nearest) and pair_gb (2P) the margin's gradient on those rows of W and b. */
+void FN(lmdl_present_backward)(long B, long K, long d, long P, const REAL *f, const REAL *W, const REAL *bias,
+                               const int64_t *y, const int64_t *present, const int64_t *rows,
+                               const int64_t *nearest, const REAL *centroid, const REAL *work, double delta_v,
+                               double delta_d, double ca, double cb, double cg, double g, REAL *S,
+                               REAL *grad_f, REAL *grad_mean, REAL *pair_grad, REAL *pair_gb) {
+    const REAL *mean = work, *counts = work + P * d, *keep = counts + P, *scale = keep + P;
+    const REAL *dstar = scale + P, *nstar = dstar + P, *rnorm = nstar + P;
+    const REAL dv = (REAL)delta_v, omega = P > 0 ? (REAL)(1.0 / (double)P) : (REAL)0;
+    (void)scale;
+    const REAL g_ce = (REAL)(g / (double)B);
+    for (long i = 0; i < B; i++) {
+        REAL *si = S + i * K;
+        for (long k = 0; k < K; k++) si[k] *= g_ce;
+        si[y[i]] -= g_ce;
+    }
+    /* ∂L/∂m_p: reg and −Σ_i ∂/∂r_i (compactness); ∂/∂r_i goes to grad_f directly */
+    const REAL g_reg = (REAL)(g * cg) * omega, g_cmp = (REAL)(g * ca) * omega;
+    for (long p = 0; p < P; p++) {
+        const REAL *cc = centroid + p * d;
+        REAL nc = SQRT(FN(dot)(cc, cc, d)), a = nc > 0 ? g_reg / nc : (REAL)0;
+        REAL *gm = grad_mean + p * d;
+        for (long t = 0; t < d; t++) gm[t] = a * cc[t];
+    }
+    for (long i = 0; i < B; i++) {
+        long p = rows[i];
+        const REAL *fi = f + i * d, *cc = centroid + p * d;
+        REAL *gf = grad_f + i * d, *gm = grad_mean + p * d, nr = rnorm[i], s = g_cmp / counts[p], a;
+        if (dv == 0) a = 2 * s;
+        else a = nr - dv > 0 ? 2 * s * (nr - dv) / nr : (REAL)0;
+        FN(resid_grad)(fi, cc, a, d, gf, gm);
+    }
+    /* m = m̄ + μ (M − m̄) for seen classes: ∂/∂m̄ = κ ∂/∂m; margin: d* = numer/D */
+    const REAL g_mar = (REAL)(g * cb) * omega;
+    for (long p = 0; p < P; p++) {
+        REAL *gm = grad_mean + p * d;
+        for (long t = 0; t < d; t++) gm[t] *= keep[p];
+        REAL *gc = pair_grad + p * d, *gj = pair_grad + (P + p) * d;
+        const long c = present[p], j = nearest[p];
+        memset(gc, 0, sizeof(REAL) * (size_t)d);
+        memset(gj, 0, sizeof(REAL) * (size_t)d);
+        pair_gb[p] = 0, pair_gb[P + p] = 0;
+        if (j == c || !((REAL)delta_d - dstar[p] > 0)) continue;
+        const REAL *wc = W + c * d, *wj = W + j * d, *mc = mean + p * d;
+        REAL nrm = nstar[p], D = nrm > (REAL)1e-12 ? nrm : (REAL)1e-12, gd = -g_mar;
+        /* ∂d/∂m̄ = Δ/D; ∂d/∂Δ = m̄/D − d Δ/(D ‖Δ‖) (the clamp passes no gradient); ∂d/∂b_c = 1/D */
+        REAL a = gd / D, e = nrm >= (REAL)1e-12 && nrm > 0 ? -gd * dstar[p] / (D * nrm) : (REAL)0;
+        FN(pair_grad)(wc, wj, mc, a, e, d, gm, gc, gj);
+        if (bias) pair_gb[p] = a, pair_gb[P + p] = -a;
+    }
+    for (long i = 0; i < B; i++) FN(axpy)(grad_f + i * d, (REAL)1 / counts[rows[i]], grad_mean + rows[i] * d, d);
+}
+
+/* grad_W[present[p]] += pair_grad[p], grad_W[nearest[p]] += pair_grad[P + p] (and bias) */
+void FN(lmdl_present_scatter)(long d, long P, const int64_t *present, const int64_t *nearest,
+                              const REAL *pair_grad, const REAL *pair_gb, REAL *grad_W, REAL *grad_b) {
+    for (long p = 0; p < P; p++) {
+        if (present[p] == nearest[p]) continue;
+        FN(axpy)(grad_W + present[p] * d, (REAL)1, pair_grad + p * d, d);
+        FN(axpy)(grad_W + nearest[p] * d, (REAL)1, pair_grad + (P + p) * d, d);
+        if (grad_b) grad_b[present[p]] += pair_gb[p], grad_b[nearest[p]] += pair_gb[P + p];
+    }
 }
 
 #undef LANES

@@ -86,6 +86,19 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"lmdl_backward_{suffix}")
         bwd.argtypes = [long_] * 3 + [ptr] * 5 + [int_] + [dbl] * 5 + [ptr] * 5
         bwd.restype = None
+        pf = getattr(lib, f"lmdl_present_forward_{suffix}")
+        pf.argtypes = [long_] * 4 + [ptr] * 11 + [dbl] * 7 + [ptr] * 6
+        pf.restype = None
+        pb = getattr(lib, f"lmdl_present_backward_{suffix}")
+        pb.argtypes = [long_] * 4 + [ptr] * 9 + [dbl] * 6 + [ptr] * 5
+        pb.restype = None
+        ps = getattr(lib, f"lmdl_present_scatter_{suffix}")
+        ps.argtypes = [long_] * 2 + [ptr] * 6
+        ps.restype = None
+    lib.lmdl_present.argtypes = [long_, long_] + [ptr] * 4
+    lib.lmdl_present.restype = long_
+    lib.lmdl_present_work_size.argtypes = [long_] * 3
+    lib.lmdl_present_work_size.restype = long_
 
 
 # The kernel is single-threaded: above B·K·d·threads multiply-adds per step the PyTorch
@@ -104,6 +117,85 @@ def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Ten
     if features.shape[0] * weight.shape[0] * weight.shape[1] * torch.get_num_threads() > MAX_WORK:
         return False
     return load() is not None
+
+
+def present_usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Tensor) -> bool:
+    """Whether the present-class step (:class:`unimargin.heads.lmdl.fused.LMDLPresentStep`)
+    runs: CPU tensors of one float32/float64 dtype, not :func:`disabled`, a kernel built. No
+    size limit: its big products run in the (multi-threaded) BLAS, the kernel does the rest."""
+    dtype = features.dtype
+    if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
+        return False
+    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or getattr(_local, "off", 0):
+        return False
+    return load() is not None
+
+
+def present_classes(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(present, rows): the sorted classes of ``labels`` and each sample's row among them
+    (``searchsorted(present, labels)``) in one pass; ValueError naming a bad label."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"lmdl: the compiled kernel is not available ({status()})")
+    batch = labels.shape[0]
+    index = torch.empty(2 * num_classes + batch, dtype=torch.int64)
+    n = lib.lmdl_present(batch, num_classes, labels.data_ptr(), index.data_ptr(),
+                         index[2 * num_classes:].data_ptr(), index[num_classes:].data_ptr())
+    if n < 0:
+        raise ValueError(f"labels must be in [0, num_classes={num_classes}), "
+                         f"found label {int(labels[-n - 1])} at position {-n - 1}")
+    return index[:n], index[2 * num_classes:]
+
+
+def present_forward(features, weight, bias, labels, present, rows, logits, log_prob, gram, centroids, seen,
+                    delta_v, delta_d, momentum, compact_coef, margin_coef, reg_coef, unit):
+    """Kernel part of the present-class forward: ``(out, centroid, nearest, work)`` with
+    out = (loss, CE, compact, margin, reg), centroid = m_p (P×d), nearest = j*(c) (P)."""
+    lib = _state["lib"]
+    batch, dim = features.shape
+    num_classes, n = weight.shape[0], present.numel()
+    out = features.new_empty(5)
+    centroid = features.new_empty((n, dim))
+    nearest = torch.empty(n, dtype=torch.int64)
+    zbar = features.new_empty((n, num_classes))
+    wsq = features.new_empty(num_classes)
+    work = features.new_empty(lib.lmdl_present_work_size(batch, n, dim))
+    centroids, seen = centroids.contiguous(), seen.contiguous()
+    getattr(lib, f"lmdl_present_forward_{DTYPES[features.dtype]}")(
+        batch, num_classes, dim, n, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
+        present.data_ptr(), rows.data_ptr(), logits.data_ptr(), log_prob.data_ptr(), gram.data_ptr(),
+        centroids.data_ptr(), seen.data_ptr(), delta_v, delta_d, momentum, compact_coef, margin_coef, reg_coef,
+        unit, out.data_ptr(), centroid.data_ptr(), nearest.data_ptr(), zbar.data_ptr(), wsq.data_ptr(),
+        work.data_ptr())
+    return out, centroid, nearest, work
+
+
+def present_backward(features, weight, bias, labels, present, rows, nearest, centroid, work, delta_v, delta_d,
+                     compact_coef, margin_coef, reg_coef, grad_loss: float, probs):
+    """Kernel part of the present-class backward: turns ``probs`` (softmax, B×K) into ∂L/∂Z in
+    place and returns (∂L/∂f without the ∂L/∂Z W part, pair_grad, pair_gb) for
+    :func:`present_scatter`."""
+    lib = _state["lib"]
+    batch, dim = features.shape
+    num_classes, n = weight.shape[0], present.numel()
+    grad_f = torch.empty_like(features)
+    grad_mean = features.new_empty((n, dim))
+    pair_grad = features.new_empty((2 * n, dim))
+    pair_gb = features.new_empty(2 * n)
+    getattr(lib, f"lmdl_present_backward_{DTYPES[features.dtype]}")(
+        batch, num_classes, dim, n, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
+        present.data_ptr(), rows.data_ptr(), nearest.data_ptr(), centroid.data_ptr(), work.data_ptr(), delta_v,
+        delta_d, compact_coef, margin_coef, reg_coef, grad_loss, probs.data_ptr(), grad_f.data_ptr(),
+        grad_mean.data_ptr(), pair_grad.data_ptr(), pair_gb.data_ptr())
+    return grad_f, pair_grad, pair_gb
+
+
+def present_scatter(present, nearest, pair_grad, pair_gb, grad_weight, grad_bias) -> None:
+    """Adds the margin's pair gradients into rows c and j*(c) of ∂L/∂W (and ∂L/∂b), in place."""
+    lib = _state["lib"]
+    getattr(lib, f"lmdl_present_scatter_{DTYPES[grad_weight.dtype]}")(
+        grad_weight.shape[1], present.numel(), present.data_ptr(), nearest.data_ptr(), pair_grad.data_ptr(),
+        pair_gb.data_ptr(), grad_weight.data_ptr(), _address(grad_bias))
 
 
 def _address(t: Tensor | None) -> int | None:

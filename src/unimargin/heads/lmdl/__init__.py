@@ -1,9 +1,10 @@
 """lmdl (SPEC §2.6): ``terms.py`` is THE formula, ``fused.py`` the single-process fast step,
-``head.py`` the head and the one dispatch rule between them (:func:`uses_fused_step`)."""
+``head.py`` the head and the one dispatch rule between them (:func:`step_path`)."""
 
-from .fused import LMDLFusedStep, LMDLStep, lmdl_fused_step
-from .head import FUSED_MAX_K, LMDLHead, autograd_path, uses_fused_step
+from .fused import LMDLFusedStep, LMDLPresentResult, LMDLPresentStep, LMDLStep, lmdl_fused_step, lmdl_present_step
+from .head import FUSED_MAX_K, PRESENT_MIN_K, LMDLHead, autograd_path, step_path
 from .terms import AGGREGATIONS, LMDLTerms, lmdl_terms
 
 __all__ = ["LMDLHead", "lmdl_terms", "LMDLTerms", "lmdl_fused_step", "LMDLFusedStep", "LMDLStep",
-           "AGGREGATIONS", "FUSED_MAX_K", "uses_fused_step", "autograd_path"]
+           "LMDLPresentStep", "LMDLPresentResult", "lmdl_present_step", "AGGREGATIONS", "FUSED_MAX_K", "PRESENT_MIN_K",
+           "step_path", "autograd_path"]

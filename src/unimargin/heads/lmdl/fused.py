@@ -16,7 +16,7 @@ from torch import Tensor
 
 from unimargin._native import lmdl_kernel
 
-from .terms import pair_norms
+from .terms import pair_norms, unit_roundoff
 
 
 class LMDLFusedStep(torch.autograd.Function):
@@ -130,11 +130,7 @@ class LMDLFusedStep(torch.autograd.Function):
         # grad mode is on in a backward exactly when create_graph=True: this hand-derived
         # backward records no graph, so say so rather than return silent zero second derivatives
         if torch.is_grad_enabled():
-            raise RuntimeError(
-                "lmdl: second-order gradients (create_graph=True) are not supported through the fused "
-                "single-process step (LMDLFusedStep, K <= FUSED_MAX_K = 64); run the head's forward inside "
-                "`with unimargin.heads.lmdl.autograd_path(): ...` to use THE formula (heads/lmdl/terms.py) "
-                "under autograd, which supports them")
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
         with torch.no_grad():
             return LMDLFusedStep._backward(ctx, grad_loss, grad_logits)
 
@@ -189,6 +185,97 @@ class LMDLFusedStep(torch.autograd.Function):
             if has_bias:
                 grads[2] += grad_logits.sum(0)
         return (grads[0], grads[1], grads[2] if has_bias else None) + (None,) * 11
+
+
+class LMDLPresentStep(torch.autograd.Function):
+    """CE + λ(α L_compact + β L_margin + γ L_reg) of SPEC §2.6, max aggregation, as ONE
+    autograd node over the P classes present in the batch, at any K (single process, CPU,
+    compiled kernel built: :func:`unimargin._native.lmdl_kernel.present_usable`).
+
+    ``apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
+    compact_coef, margin_coef, reg_coef, extras)`` returns ``(loss, logits)`` and appends
+    ``terms, present, centroid`` (m_c of the present classes, P×d) to ``extras``.
+
+    The terms are those of :func:`~unimargin.heads.lmdl.terms.lmdl_terms` (the same nearest
+    pair rule and rounding bounds; every d_cj that enters the loss from w_c − w_j). The big
+    products run in PyTorch's BLAS: Z = f Wᵀ + b, log_softmax(Z), the P×K Gram W_p Wᵀ that
+    ranks the candidates (no gradient), and in the backward ∂L/∂f = Σ + (∂L/∂Z) W,
+    ∂L/∂W = (∂L/∂Z)ᵀ f + pair rows; everything else (class means, the compactness and reg
+    terms, the candidate search and the exact pair distances, their gradients) is one kernel
+    pass each (:mod:`unimargin._native.lmdl_kernel`). The margin's gradient is exact from the
+    pair (c, j*(c)) only: with g_c = ∂L/∂d_{c j*}, Δ = w_c − w_{j*}, D = max(‖Δ‖, 1e-12):
+    ∂/∂m̄_c = g Δ/D, ∂/∂w_c = −∂/∂w_{j*} = g (m̄_c/D − d Δ/(D‖Δ‖)), ∂/∂b_c = −∂/∂b_{j*} = g/D;
+    then ∂/∂m̄_c += κ_c ∂/∂m_c (κ = 1 − μ if seen else 1) and ∂/∂f_i += ∂/∂m̄_{y_i}/n.
+    So the cost over plain linear + CE is one P×K×d matmul (≈ 1/3 of plain's three B×K×d
+    when P ≈ B) and O(B·K + P·K + B·d) passes.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
+                compact_coef, margin_coef, reg_coef, extras):
+        ctx.set_materialize_grads(False)
+        features, weight, labels = features.contiguous(), weight.contiguous(), labels.long().contiguous()
+        present, rows = lmdl_kernel.present_classes(labels, weight.shape[0])
+        logits = torch.mm(features, weight.t()) if bias is None else torch.addmm(bias, features, weight.t())
+        log_prob = torch.log_softmax(logits, 1)
+        gram = torch.mm(weight.index_select(0, present), weight.t())  # ranks candidates only
+        out, centroid, nearest, work = lmdl_kernel.present_forward(
+            features, weight, bias, labels, present, rows, logits, log_prob, gram, centroids, seen, delta_v,
+            delta_d, momentum, compact_coef, margin_coef, reg_coef, unit_roundoff(features, weight))
+        ctx.save_for_backward(features, weight)
+        ctx.hp = (bias, delta_v, delta_d, compact_coef, margin_coef, reg_coef)
+        ctx.inter = (labels, present, rows, nearest, centroid, work, log_prob)
+        extras.extend((out[1:], present, centroid))
+        return out[0], logits
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_logits):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
+        with torch.no_grad():
+            features, weight = ctx.saved_tensors
+            bias, delta_v, delta_d, compact_coef, margin_coef, reg_coef = ctx.hp
+            labels, present, rows, nearest, centroid, work, log_prob = ctx.inter
+            grad_z = log_prob.exp()
+            grad_f, pair_grad, pair_gb = lmdl_kernel.present_backward(
+                features, weight, bias, labels, present, rows, nearest, centroid, work, delta_v, delta_d,
+                compact_coef, margin_coef, reg_coef, 0.0 if grad_loss is None else float(grad_loss), grad_z)
+            if grad_logits is not None:  # logits used downstream as well
+                grad_z += grad_logits
+            grad_f.addmm_(grad_z, weight)
+            grad_weight = grad_z.t().mm(features)
+            grad_bias = None if bias is None else grad_z.sum(0)
+            lmdl_kernel.present_scatter(present, nearest, pair_grad, pair_gb, grad_weight, grad_bias)
+        return (grad_f, grad_weight, grad_bias) + (None,) * 10
+
+
+_NO_DOUBLE_BACKWARD = (
+    "lmdl: second-order gradients (create_graph=True) are not supported through the fused "
+    "single-process steps (LMDLFusedStep, LMDLPresentStep); run the head's forward inside "
+    "`with unimargin.heads.lmdl.autograd_path(): ...` to use THE formula (heads/lmdl/terms.py) "
+    "under autograd, which supports them")
+
+
+class LMDLPresentResult(NamedTuple):
+    loss: Tensor            # CE + λ(α L_compact + β L_margin + γ L_reg), differentiable
+    terms: Tensor           # (4,) detached: CE, L_compact, L_margin, L_reg
+    present: Tensor         # (P,) long: classes present in the batch
+    new_centroids: Tensor   # (P, d) detached: m_c of those classes
+    logits: Tensor          # (B, K) W f + b, differentiable
+
+
+def lmdl_present_step(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, centroids: Tensor,
+                      seen: Tensor, *, delta_v: float, delta_d: float, momentum: float, compact_coef: float,
+                      margin_coef: float, reg_coef: float) -> LMDLPresentResult:
+    """One single-process lmdl step, max aggregation, any K (:class:`LMDLPresentStep`); the
+    coefficients are λα, λβ, λγ. Needs :func:`unimargin._native.lmdl_kernel.present_usable`
+    and a non-empty batch; the buffers are read, never written."""
+    if features.shape[0] == 0:
+        raise ValueError("lmdl_present_step needs a non-empty batch (LMDLHead returns an explicit zero loss)")
+    extras: list = []
+    loss, logits = LMDLPresentStep.apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d,
+                                         momentum, compact_coef, margin_coef, reg_coef, extras)
+    return LMDLPresentResult(loss, *extras, logits)
 
 
 class LMDLStep(NamedTuple):

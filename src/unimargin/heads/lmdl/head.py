@@ -1,4 +1,4 @@
-"""The lmdl head (SPEC §2.6) and the one dispatch between its two implementations."""
+"""The lmdl head (SPEC §2.6) and the one dispatch between its implementations (:func:`step_path`)."""
 
 from __future__ import annotations
 
@@ -13,28 +13,50 @@ from unimargin import distributed as udist
 
 from ..base import HeadOutput, LinearHead, check_real, cross_entropy_mean
 from ..registry import CAREFUL, register_head
-from .fused import lmdl_fused_step
+from unimargin._native import lmdl_kernel
+
+from .fused import lmdl_fused_step, lmdl_present_step
 from .terms import AGGREGATIONS, _identity, lmdl_terms
 
 # Fused single-process step for K <= FUSED_MAX_K; THE formula (terms.py) otherwise and
 # whenever the batch is split over processes.
 FUSED_MAX_K = 64
+# Max aggregation on the CPU with the compiled kernel: the present-class step above this K
+# (and wherever the small all-classes kernel does not apply). Measured crossover (B = 256,
+# d = 128/512, 1 thread; docs/heads/lmdl.md): the all-classes kernel is faster up to K ≈ 24-32.
+PRESENT_MIN_K = 32
 
 
 _local = threading.local()  # autograd_path() nesting depth, per thread (like torch.no_grad)
 
 
-def uses_fused_step(num_classes: int, distributed: bool) -> bool:
-    """The dispatch rule: the fused step (one autograd node, compiled kernel where it
-    applies) on one process for K <= FUSED_MAX_K, outside :func:`autograd_path`;
-    :func:`lmdl_terms` otherwise."""
-    return num_classes <= FUSED_MAX_K and not distributed and not getattr(_local, "depth", 0)
+def step_path(num_classes: int, distributed: bool, aggregation: str = "max", tensors: tuple | None = None) -> str:
+    """The dispatch rule, one of ``"present"``, ``"fused"``, ``"terms"``:
+
+    - ``"terms"``: THE formula (:func:`lmdl_terms`) under autograd, when the batch is split
+      over processes, inside :func:`autograd_path`, or when nothing below applies;
+    - ``"fused"``: the all-classes step (:class:`LMDLFusedStep`) for K <= FUSED_MAX_K, run by
+      the small compiled kernel when it applies (``lmdl_kernel.usable``) and, for the max
+      aggregation, K <= PRESENT_MIN_K; its PyTorch implementation for K <= FUSED_MAX_K
+      when no kernel is available (GPU, bf16, no compiler);
+    - ``"present"``: the present-class step (:class:`LMDLPresentStep`, max aggregation, any
+      K, CPU with the kernel built: ``lmdl_kernel.present_usable``) otherwise.
+
+    ``tensors`` = (features, weight, bias, centroids) of the step; None: no kernel applies."""
+    if distributed or getattr(_local, "depth", 0):
+        return "terms"
+    small = tensors is not None and num_classes <= FUSED_MAX_K and lmdl_kernel.usable(*tensors)
+    if small and (aggregation != "max" or num_classes <= PRESENT_MIN_K):
+        return "fused"
+    if aggregation == "max" and tensors is not None and lmdl_kernel.present_usable(*tensors):
+        return "present"
+    return "fused" if num_classes <= FUSED_MAX_K else "terms"
 
 
 @contextlib.contextmanager
 def autograd_path():
     """Inside this block (this thread) :class:`LMDLHead` runs THE formula, :func:`lmdl_terms`,
-    under autograd at every K: same values, slower at small K, and it supports second-order
+    under autograd at every K: same values, slower, and it supports second-order
     gradients (``torch.autograd.grad(..., create_graph=True)``), which the fused step's
     hand-derived backward refuses with a RuntimeError."""
     _local.depth = getattr(_local, "depth", 0) + 1
@@ -57,9 +79,10 @@ class LMDLHead(LinearHead):
     only in training mode (M_c ← m_c for the classes of the batch). In eval mode the loss
     uses the stored centroids of seen classes but the buffers never change.
 
-    Dispatch (:func:`uses_fused_step`): single process with K ≤ ``FUSED_MAX_K``, the whole
-    step (logits, CE and the three terms) is one autograd node, :class:`LMDLFusedStep`, with
-    a hand-derived backward; otherwise THE formula, :func:`lmdl_terms`, under autograd.
+    Dispatch (:func:`step_path`): on one process the whole step (logits, CE and the three
+    terms) is one autograd node with a hand-derived backward, :class:`LMDLPresentStep`
+    (max aggregation, CPU kernel, any K) or :class:`LMDLFusedStep` (K ≤ ``FUSED_MAX_K``);
+    otherwise THE formula, :func:`lmdl_terms`, under autograd.
 
     Distributed (training mode, torch.distributed initialised): class sums, counts and
     hinge sums are all-reduced with a differentiable all-reduce, so the discriminative
@@ -107,7 +130,20 @@ class LMDLHead(LinearHead):
         sync = self.training and udist.is_distributed()
         if features.shape[0] == 0 and not sync:
             return self._zero_output(features, names)
-        if uses_fused_step(self.num_classes, sync):  # one autograd node for the whole step (the K ≲ 64 cost is per-op overhead)
+        path = step_path(self.num_classes, sync, self.aggregation, (features, self.weight, self.bias, self.centroids))
+        if path == "present":  # one autograd node over the present classes, any K
+            lam = self.disc_weight
+            loss, terms, present, new_centroids, logits = lmdl_present_step(
+                features, self.weight, self.bias, labels, self.centroids, self.seen, delta_v=self.delta_v,
+                delta_d=self.delta_d, momentum=self.momentum,
+                compact_coef=lam * self.compact_weight, margin_coef=lam * self.margin_weight,
+                reg_coef=lam * self.reg_weight)
+            if self.training:
+                with torch.no_grad():
+                    self.centroids.index_copy_(0, present, new_centroids)
+                    self.seen.index_fill_(0, present, True)
+            return HeadOutput(loss, logits, dict(zip(names, terms.unbind())))
+        if path == "fused":  # one autograd node for the whole step (the K ≲ 64 cost is per-op overhead)
             lam = self.disc_weight
             loss, terms, new_centroids, present_mask, logits = lmdl_fused_step(
                 features, self.weight, self.bias, labels, self.centroids, self.seen, delta_v=self.delta_v,

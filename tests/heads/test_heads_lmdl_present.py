@@ -1,0 +1,155 @@
+"""The present-class step (LMDLPresentStep, the CPU default for the max aggregation past
+PRESENT_MIN_K) equals THE formula (heads/lmdl/terms.py under autograd) in float64 for every
+K of the speed grid, on both sides of each dispatch threshold: loss, terms, every gradient
+and the buffers over consecutive steps of a training head."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unimargin import build_head
+from unimargin._native import lmdl_kernel
+from unimargin.heads.lmdl import (FUSED_MAX_K, PRESENT_MIN_K, autograd_path, lmdl_present_step, lmdl_terms,
+                                  step_path)
+
+K_GRID = [10, 32, 33, 64, 65, 100, 256, 1000, 10000]
+HP = dict(delta_v=0.3, delta_d=3.0, compact_weight=0.7, margin_weight=1.3, reg_weight=0.05, momentum=0.6,
+          disc_weight=0.9)
+
+
+@pytest.fixture(autouse=True)
+def _kernel():
+    if lmdl_kernel.load() is None:
+        pytest.skip(f"lmdl CPU kernel unavailable: {lmdl_kernel.status()}")
+
+
+def _labels(K, B, gen):
+    """B labels over K classes with absent classes, a one-sample class and repeats."""
+    y = torch.randint(0, min(K, 3 * B // 4), (B,), generator=gen)
+    y[0] = K - 1  # the last class, once
+    return y
+
+
+def _steps(head, batches, use_logits):
+    out = []
+    for f, y in batches:
+        fi = f.clone().requires_grad_()
+        res = head(fi, y)
+        loss = res.loss + (0.01 * res.logits.square().sum() if use_logits else 0)
+        grads = torch.autograd.grad(loss, [fi, *head.parameters()])
+        out.append((res.loss.detach(), {k: v.detach() for k, v in res.terms.items()}, grads,
+                    head.centroids.clone(), head.seen.clone()))
+        with torch.no_grad():
+            for p, g in zip(head.parameters(), grads[1:]):
+                p -= 0.2 * g
+    return out
+
+
+@pytest.mark.parametrize("K", K_GRID)
+def test_head_equals_formula_float64_every_k(K):
+    d, B = (8, 64) if K == 10000 else (12, 48)
+    variants = [dict(bias=True), dict(bias=False, delta_v=0.0), dict(bias=True, momentum=0.0)]
+    for v, extra in enumerate(variants):
+        hp = {**HP, **extra}
+        torch.manual_seed(K + v)
+        fast = build_head("lmdl", K, d, **hp).double()
+        slow = build_head("lmdl", K, d, **hp).double()
+        slow.load_state_dict(fast.state_dict())
+        gen = torch.Generator().manual_seed(v)
+        batches = [(torch.randn(B, d, generator=gen, dtype=torch.float64), _labels(K, B, gen)) for _ in range(3)]
+        f0, y0 = batches[0]
+        expect = "present" if K > PRESENT_MIN_K else "fused"
+        assert step_path(K, False, "max", (f0, fast.weight, fast.bias, fast.centroids)) == expect
+        got = _steps(fast, batches, use_logits=v == 0)
+        with autograd_path():
+            ref = _steps(slow, batches, use_logits=v == 0)
+        for (loss, terms, grads, cent, seen), (rloss, rterms, rgrads, rcent, rseen) in zip(got, ref):
+            torch.testing.assert_close(loss, rloss, rtol=1e-11, atol=1e-12)
+            for k in terms:
+                torch.testing.assert_close(terms[k], rterms[k], rtol=1e-11, atol=1e-12)
+            for g, rg in zip(grads, rgrads):
+                torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-11)
+            torch.testing.assert_close(cent, rcent, rtol=0, atol=1e-12)
+            assert torch.equal(seen, rseen)
+
+
+@pytest.mark.parametrize("K", [2, 10, 65, 300])
+def test_present_step_direct_equals_terms(K):
+    """lmdl_present_step itself (below PRESENT_MIN_K too) vs lmdl_terms + CE; seen and
+    unseen classes, momentum centroids, bias or not."""
+    d, B = 7, 40
+    gen = torch.Generator().manual_seed(K)
+    for bias_on in (True, False):
+        f = torch.randn(B, d, generator=gen, dtype=torch.float64, requires_grad=True)
+        W = torch.randn(K, d, generator=gen, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(K, generator=gen, dtype=torch.float64, requires_grad=True) if bias_on else None
+        y = torch.randint(0, K, (B,), generator=gen)
+        M = torch.randn(K, d, generator=gen, dtype=torch.float64)
+        seen = torch.rand(K, generator=gen) < 0.5
+        hp = dict(delta_v=0.5, delta_d=2.0, momentum=0.8)
+        res = lmdl_present_step(f, W, b, y, M, seen, **hp, compact_coef=1.1, margin_coef=0.7, reg_coef=0.2)
+        params = [t for t in (f, W, b) if t is not None]
+        grads = torch.autograd.grad(res.loss + res.logits.sin().sum(), params)
+        logits = F.linear(f, W, b)
+        ref = lmdl_terms(f, y, W, b, M, seen, **hp)
+        ce = F.cross_entropy(logits, y)
+        ref_loss = ce + 1.1 * ref.compact + 0.7 * ref.margin + 0.2 * ref.reg
+        ref_grads = torch.autograd.grad(ref_loss + logits.sin().sum(), params)
+        torch.testing.assert_close(res.loss, ref_loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(res.terms, torch.stack([ce, ref.compact, ref.margin, ref.reg]).detach(),
+                                   rtol=1e-12, atol=1e-12)
+        assert torch.equal(res.present, ref.present)
+        torch.testing.assert_close(res.new_centroids, ref.new_centroids, rtol=0, atol=1e-13)
+        for g, rg in zip(grads, ref_grads):
+            torch.testing.assert_close(g, rg, rtol=1e-10, atol=1e-12)
+
+
+def test_present_step_near_duplicates_float32_exact_argmin():
+    """‖w‖/‖Δw‖ = 1e4 (the fused step's documented limit): the present step's distances come
+    from difference vectors, so float32 loss and gradients stay within 1e-3 of float64."""
+    K, d, B = 100, 16, 128
+    gen = torch.Generator().manual_seed(0)
+    base = 100.0 * F.normalize(torch.randn(1, d, generator=gen, dtype=torch.float64), dim=1)
+    W64 = base + 0.01 * torch.randn(K, d, generator=gen, dtype=torch.float64)
+    b64 = 0.01 * torch.randn(K, generator=gen, dtype=torch.float64)
+    f64 = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, K, (B,), generator=gen)
+    M = torch.zeros(K, d, dtype=torch.float64)
+    seen = torch.zeros(K, dtype=torch.bool)
+    out = {}
+    for dt in (torch.float32, torch.float64):
+        f, W, b = (t.to(dt).requires_grad_() for t in (f64, W64, b64))
+        res = lmdl_present_step(f, W, b, y, M.to(dt), seen, delta_v=0.5, delta_d=1.5, momentum=0.9,
+                                compact_coef=1.0, margin_coef=1.0, reg_coef=0.001)
+        out[dt] = (res.terms, torch.autograd.grad(res.loss, [f, W, b]))
+    (t32, g32), (t64, g64) = out[torch.float32], out[torch.float64]
+    assert ((t32.double() - t64).abs() <= 1e-3 * t64.abs().clamp_min(1e-3)).all()
+    for a, r in zip(g32, g64):
+        assert (a.double() - r).norm() <= 1e-3 * r.norm().clamp_min(1e-6)
+
+
+def test_dispatch_sides():
+    f, W, M = torch.randn(8, 4), torch.randn(70, 4), torch.zeros(70, 4)
+    assert step_path(PRESENT_MIN_K, False, "max", (f, W[:PRESENT_MIN_K], None, M[:PRESENT_MIN_K])) == "fused"
+    assert step_path(PRESENT_MIN_K + 1, False, "max", (f, W[:33], None, M[:33])) == "present"
+    assert step_path(FUSED_MAX_K, False, "mean", (f, W[:64], None, M[:64])) == "fused"
+    assert step_path(FUSED_MAX_K + 1, False, "mean", (f, W[:65], None, M[:65])) == "terms"
+    assert step_path(70, True, "max", (f, W, None, M)) == "terms"
+    with lmdl_kernel.disabled():  # GPU / no compiler: the PyTorch fused step up to 64, then the formula
+        assert step_path(64, False, "max", (f, W[:64], None, M[:64])) == "fused"
+        assert step_path(65, False, "max", (f, W[:65], None, M[:65])) == "terms"
+    with autograd_path():
+        assert step_path(70, False, "max", (f, W, None, M)) == "terms"
+
+
+def test_present_step_errors():
+    f, W = torch.randn(6, 3, requires_grad=True), torch.randn(40, 3, requires_grad=True)
+    M, seen = torch.zeros(40, 3), torch.zeros(40, dtype=torch.bool)
+    hp = dict(delta_v=0.5, delta_d=1.5, momentum=0.9, compact_coef=1.0, margin_coef=1.0, reg_coef=0.0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=40\).*label 40 at position 2"):
+        lmdl_present_step(f, W, None, torch.tensor([0, 1, 40, 2, 3, 4]), M, seen, **hp)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        lmdl_present_step(f[:0], W, None, torch.tensor([], dtype=torch.long), M, seen, **hp)
+    res = lmdl_present_step(f, W, None, torch.arange(6), M, seen, **hp)
+    with pytest.raises(RuntimeError, match=r"create_graph=True.*autograd_path"):
+        torch.autograd.grad(res.loss, [f], create_graph=True)

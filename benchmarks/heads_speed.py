@@ -9,7 +9,10 @@ vectorised), only at K <= 1000 because the loop becomes impractically slow beyon
     python benchmarks/heads_speed.py            # full run, writes benchmarks/results/heads.md
     python benchmarks/heads_speed.py --quick    # smoke run (fewer repeats, small configs)
 
-Targets (issue): lmdl <= 2x plain for K <= 1000; >= 10x faster than the loop at K = 1000.
+    python benchmarks/heads_speed.py --threads 1,2   # both thread counts (issue 16 grid)
+
+Targets (issue 16): lmdl <= 1.5x plain at every K of the grid, B = 256, d in {128, 512},
+1 and 2 threads, no step at a K threshold; bce-u and the normalized heads <= 1.3x.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import torch.nn.functional as F
 
 from unimargin import build_head, list_heads
 from unimargin._native import lmdl_kernel
+from unimargin.heads.lmdl import head as lmdl_head
 
-CONFIGS = [(256, 10, 128), (256, 1000, 512), (1024, 10000, 512)]
+K_GRID = (10, 32, 64, 65, 100, 256, 1000, 10000)
+CONFIGS = [(256, K, d) for d in (128, 512) for K in K_GRID]
+QUICK = [(256, 10, 128), (256, 100, 128)]
 LOOP_MAX_K = 1000
-# where lmdl's compiled CPU kernel and its PyTorch implementation trade places (K <= 64)
-CROSSOVER = [(256, 10, 128), (256, 64, 128), (256, 64, 512), (1024, 10, 512), (1024, 64, 512),
-             (4096, 10, 512), (4096, 64, 512)]
+# where lmdl's two compiled steps trade places: the all-classes kernel (K <= FUSED_MAX_K) and
+# the present-class step (any K); PRESENT_MIN_K in heads/lmdl/head.py is the chosen crossover
+CROSSOVER = [(256, K, d) for d in (128, 512) for K in (10, 16, 24, 32, 48, 64)]
 
 
 def lmdl_loop_loss(head, f, y):
@@ -106,10 +112,10 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
             {k: statistics.median(v) for k, v in cpu.items()})
 
 
-def bench_crossover(max_threads, repeats=9):
-    """Rows (threads, B, K, d, plain ms, lmdl/plain, kernel-forced/plain, pytorch/plain)."""
+def bench_crossover(threads_list, repeats=9):
+    """Rows (threads, B, K, d, plain ms, lmdl/plain, present-step/plain, all-classes-kernel/plain)."""
     rows = []
-    for threads in sorted({1, max_threads}):
+    for threads in threads_list:
         torch.set_num_threads(threads)
         for B, K, d in CROSSOVER:
             gen = torch.Generator().manual_seed(0)
@@ -120,20 +126,16 @@ def bench_crossover(max_threads, repeats=9):
                 module.zero_grad(set_to_none=True)
                 loss_fn(feats.clone().requires_grad_()).backward()
 
-            def forced(f):
-                saved, lmdl_kernel.MAX_WORK = lmdl_kernel.MAX_WORK, 1 << 62
+            def forced(f, min_k):
+                saved, lmdl_head.PRESENT_MIN_K = lmdl_head.PRESENT_MIN_K, min_k
                 try:
                     return head(f, labels).loss
                 finally:
-                    lmdl_kernel.MAX_WORK = saved
-
-            def pytorch(f):
-                with lmdl_kernel.disabled():
-                    return head(f, labels).loss
+                    lmdl_head.PRESENT_MIN_K = saved
 
             variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
-                        "lmdl": (head, lambda f: head(f, labels).loss), "forced": (head, forced),
-                        "pytorch": (head, pytorch)}
+                        "lmdl": (head, lambda f: head(f, labels).loss),
+                        "forced": (head, lambda f: forced(f, 0)), "small": (head, lambda f: forced(f, 1 << 30))}
             times = {k: [] for k in variants}
             for r in range(repeats + 1):
                 for k, (module, loss_fn) in variants.items():
@@ -142,99 +144,74 @@ def bench_crossover(max_threads, repeats=9):
                         times[k].append(tw)
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"],
-                         med["forced"] / med["plain"], med["pytorch"] / med["plain"]))
+                         med["forced"] / med["plain"], med["small"] / med["plain"]))
             print(f"crossover threads={threads} B={B} K={K} d={d} done", flush=True)
-    torch.set_num_threads(max_threads)
     return rows
 
 
 def format_crossover(rows) -> str:
     if not rows:
         return "(not measured: --quick)"
-    lines = ["| threads | B | K | d | B·K·d | plain (ms) | lmdl (as shipped) | kernel forced | PyTorch path |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for threads, B, K, d, plain_ms, shipped, forced, pytorch in rows:
-        lines.append(f"| {threads} | {B} | {K} | {d} | {B * K * d:.2e} | {plain_ms:.2f} | {shipped:.2f} | "
-                     f"{forced:.2f} | {pytorch:.2f} |")
+    lines = ["| threads | B | K | d | plain (ms) | lmdl (as shipped) | present-class step | all-classes kernel |",
+             "|---|---|---|---|---|---|---|---|"]
+    for threads, B, K, d, plain_ms, shipped, forced, small in rows:
+        lines.append(f"| {threads} | {B} | {K} | {d} | {plain_ms:.2f} | {shipped:.2f} | {forced:.2f} | {small:.2f} |")
     return "\n".join(lines)
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 small configs, 3 repeats")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (shared 2-core machine: 1); the crossover table also uses this many")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--threads", default="1",
+                    help="comma-separated torch thread counts, e.g. 1,2 (each a full table)")
+    ap.add_argument("--repeats", type=int, default=None, help="round-robin repetitions (default 7)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "heads.md"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads_list = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
-    configs = CONFIGS[:2] if args.quick else CONFIGS
+    configs = QUICK if args.quick else CONFIGS
     names = list_heads() + ["lmdl-pytorch"]
-    rows = []
-    for B, K, d in configs:
-        repeats = args.repeats or (3 if args.quick else (5 if K > LOOP_MAX_K else 9))
-        meds = bench_config(B, K, d, repeats=repeats, warmup=1)
-        for clock, med in zip(("wall", "cpu"), meds):
-            ratios = [med[n] / med["plain"] for n in names]
-            loop = f"{med['lmdl-loop'] / med['lmdl']:.1f}x" if "lmdl-loop" in med else "n/a (K > 1000)"
-            rows.append((clock, B, K, d, med["plain"] * 1e3, ratios, loop, repeats))
-        print(f"done B={B} K={K} d={d}", flush=True)
-
-    crossover = [] if args.quick else bench_crossover(args.threads)
-    tables = {}
-    for clock in ("wall", "cpu"):
-        header = "| B | K | d | plain (ms) | " + " | ".join(names) + " | lmdl speed-up vs loop |"
-        sep = "|" + "---|" * (5 + len(names))
-        lines = [header, sep]
-        for c, B, K, d, plain_ms, ratios, loop, _ in rows:
-            if c == clock:
-                lines.append(f"| {B} | {K} | {d} | {plain_ms:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios)
-                             + f" | {loop} |")
-        tables[clock] = "\n".join(lines)
-        print(f"{clock}:\n{tables[clock]}")
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    meta = (
-        f"torch {torch.__version__}, {platform.machine()}, {args.threads} thread(s), "
-        f"repeats per config: {', '.join(str(r[-1]) for r in rows if r[0] == 'wall')} (median), "
-        f"load average at the end (1/5/15 min) {load} on {os.cpu_count()} cores, "
-        f"{'--quick, ' if args.quick else ''}{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
+    repeats = args.repeats or (3 if args.quick else 7)
+    sections = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        load_start = _load()
+        lines = ["| B | K | d | plain (ms) | " + " | ".join(names) + " | lmdl speed-up vs loop |",
+                 "|" + "---|" * (5 + len(names))]
+        for B, K, d in configs:
+            wall, _ = bench_config(B, K, d, repeats=repeats, warmup=2)
+            loop = f"{wall['lmdl-loop'] / wall['lmdl']:.1f}x" if "lmdl-loop" in wall else "n/a (K > 1000)"
+            lines.append(f"| {B} | {K} | {d} | {wall['plain'] * 1e3:.2f} | "
+                         + " | ".join(f"{wall[n] / wall['plain']:.2f}" for n in names) + f" | {loop} |")
+            print(lines[-1], flush=True)
+        sections.append(f"### {threads} thread(s): load (1/5/15 min) {load_start} at the start, {_load()} at the end\n\n"
+                        + "\n".join(lines))
+    crossover = [] if args.quick else bench_crossover(threads_list)
+    meta = (f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, median of {repeats} "
+            f"round-robin repetitions after 2 warm-up rounds, {'--quick, ' if args.quick else ''}"
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    body = "\n\n".join(sections)
     doc = f"""# Head speed: forward + backward, ratio to plain nn.Linear + F.cross_entropy
 
-Generated by `python benchmarks/heads_speed.py` ({meta}).
-Cells are median(head time) / median(plain time) measured round-robin in the same run
-(1.00 = as fast as the plain layer); `plain (ms)` is the absolute reference time.
-The last column is lmdl's speed-up over a per-class Python loop reference, measured only
-for K <= 1000 (the loop is impractically slow beyond). The machine is shared with other
-jobs (2 cores), so expect roughly ±20% noise on the ratios.
+Generated by `python benchmarks/heads_speed.py --threads {args.threads}` ({meta}).
+Cells are median(head wall time) / median(plain wall time), every method timed round-robin
+in the same process (1.00 = as fast as the plain layer); `plain (ms)` is the reference time.
+The last column is lmdl's speed-up over a per-class Python loop reference (K <= 1000 only).
+The machine is shared with other jobs (2 cores): the load average is given per table.
 
-Targets: lmdl <= 2x plain for K <= 1000; lmdl >= 10x faster than the loop at K = 1000.
+`lmdl` is the head as shipped (dispatch `step_path` in heads/lmdl/head.py; CPU kernel:
+{lmdl_kernel.status()}); `lmdl-pytorch` the same head with the kernel disabled
+(`lmdl_kernel.disabled()`: what runs on a GPU or without a compiler).
 
-lmdl uses its dense all-classes path for K <= 64 (`FUSED_MAX_K` in heads/lmdl/head.py) and the
-sparse present-classes path above. At K = 10 every step is a few dozen tiny tensor ops, so
-the ratio measures per-op overhead (each small op costs ~20-40 µs on this loaded machine),
-not arithmetic. `--threads 2` on the shared 2-core machine is dominated by OpenMP
-contention with the other jobs (plain K = 10 step ~80 ms instead of ~0.5 ms), so only the
-1-thread numbers are meaningful here.
+{body}
 
-`lmdl` is the head as shipped (the compiled CPU kernel of `_native/lmdl_kernel.c` where it
-applies: {lmdl_kernel.status()}); `lmdl-pytorch` is the same head with the kernel
-disabled (`lmdl_kernel.disabled()`), i.e. its PyTorch implementation.
-
-Wall-clock ratios:
-
-{tables["wall"]}
-
-CPU-time ratios (`time.process_time`, same calls): the work done, insensitive to other
-jobs preempting this one (on a loaded machine wall-clock ratios of the longer steps are
-inflated because they are preempted more often):
-
-{tables["cpu"]}
-
-Kernel / PyTorch crossover for lmdl at K <= 64 (wall clock, median of 9, ratio to plain in
-the same run; `lmdl` dispatches to the kernel only while B·K·d·threads <=
-{lmdl_kernel.MAX_WORK}, `kernel forced` ignores that limit):
+lmdl's two compiled steps around the crossover `PRESENT_MIN_K` (median of 9, ratio to plain
+in the same run): the all-classes kernel (`LMDLFusedStep`, K <= 64) and the present-class
+step (`LMDLPresentStep`, any K):
 
 {format_crossover(crossover)}
 """

@@ -251,12 +251,13 @@ def evaluate_open_set(model: nn.Module, head: nn.Module, *, x_val, y_val, x_test
         return SplitOutputs(f, s, torch.as_tensor(y).long())
 
     val = outputs(x_val, y_val) if x_val is not None and len(x_val) else None
-    return _open_set_keys(head, outputs(x_test, y_test), outputs(x_unknown, y_unknown), val,
+    return open_set_keys(head, outputs(x_test, y_test), outputs(x_unknown, y_unknown), val,
                           class_means)
 
 
-def _open_set_keys(head, test: SplitOutputs, unknown: SplitOutputs, val: SplitOutputs | None,
-                   class_means) -> dict:
+def open_set_keys(head, test: SplitOutputs, unknown: SplitOutputs, val: SplitOutputs | None,
+                  class_means) -> dict:
+    """:func:`evaluate_open_set` on outputs already computed (no second forward pass)."""
     out = _verification_keys(unknown.features, unknown.labels)
     for name in REJECTION_SCORES:
         out.update(open_set_score_keys(head, name, test=test, unknown=unknown, val=val,
@@ -288,7 +289,7 @@ def evaluate_model(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.
         uf, us = compute_outputs(model, head, x_unknown, batch_size, distributed=distributed)
         if x_val is not None and y_val is not None and len(x_val) > 0:
             vf, vs = compute_outputs(model, head, x_val, batch_size, distributed=distributed)
-            out.update(_open_set_keys(head, SplitOutputs(features, scores, y),
+            out.update(open_set_keys(head, SplitOutputs(features, scores, y),
                                       SplitOutputs(uf, us, y_unknown), SplitOutputs(vf, vs, y_val),
                                       class_means))
         else:

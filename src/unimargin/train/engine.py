@@ -520,8 +520,6 @@ def _final_evaluation(fit: _Fit, history: list, best_epoch, has_val: bool, log) 
     stored with the model (SPEC §2.9 ``centroid_cosine``)."""
     from unimargin.metrics.confusion import per_class_summary, predictions
     from unimargin.metrics.rejection import class_means as compute_class_means
-    from unimargin.metrics.uniform import uniform_accuracy
-
     cfg, net, splits = fit.cfg, fit.net, fit.splits
     selected = history[-1]["epoch"]
     if cfg.select_epoch == "best" and best_epoch is not None and best_epoch != selected:
@@ -530,11 +528,10 @@ def _final_evaluation(fit: _Fit, history: list, best_epoch, has_val: bool, log) 
         state = _load_best_state(best_path, cfg)
         net.load_state_dict(state)
         selected = best_epoch
-    deployed = None
-    if has_val:
-        _, val_scores = compute_outputs(net, net.head, splits.x_val, cfg.eval_batch_size,
-                                        distributed=True)
-        deployed = float(uniform_accuracy(val_scores, splits.y_val).threshold)
+    kept_val = dict(next(r for r in history if r["epoch"] == selected).get("val") or {})
+    # the kept epoch was evaluated on validation (the last epoch always is, "best" chooses
+    # among evaluated ones): its t* is the deployed threshold, no second validation pass
+    deployed = kept_val.get("t_star") if has_val else None
     features, scores = compute_outputs(net, net.head, splits.x_test, cfg.eval_batch_size,
                                        distributed=True)
     check_eval_outputs(features, scores, selected, cfg.max_feature_norm, "test")
@@ -546,13 +543,7 @@ def _final_evaluation(fit: _Fit, history: list, best_epoch, has_val: bool, log) 
                                         distributed=True)
     means = compute_class_means(train_features, splits.y_train, splits.num_classes).float()
     if splits.x_unknown is not None and len(splits.x_unknown):
-        from unimargin.metrics.evaluate import evaluate_open_set
-
-        final.update(evaluate_open_set(net, net.head, x_val=splits.x_val, y_val=splits.y_val,
-                                       x_test=splits.x_test, y_test=splits.y_test,
-                                       x_unknown=splits.x_unknown, y_unknown=splits.y_unknown,
-                                       class_means=means, batch_size=cfg.eval_batch_size,
-                                       distributed=True))
+        final.update(_open_set_final(cfg, net, splits, features, scores, means, has_val))
     if fit.run_dir is not None:
         # the kept model, its class means and the selection, in the file load_run reads
         name = BEST_CHECKPOINT if cfg.select_epoch == "best" and best_epoch is not None else LAST_CHECKPOINT
@@ -564,10 +555,24 @@ def _final_evaluation(fit: _Fit, history: list, best_epoch, has_val: bool, log) 
         + (f"  deployed uni {100 * final['uni_deployed']:.2f}% (t* of validation)"
            if final.get("uni_deployed") is not None else ""))
     return {"selected_epoch": selected, "final": final,
-            "final_val": dict(next(r for r in history if r["epoch"] == selected).get("val") or {}),
+            "final_val": kept_val,
             "per_class": per_class,
             "splits": {**{k: v for k, v in fit.data_info.items() if k.startswith("n_")},
                        "n_unknown": 0 if splits.x_unknown is None else int(len(splits.x_unknown))}}
+
+
+def _open_set_final(cfg, net, splits, test_features, test_scores, class_means, has_val) -> dict:
+    """Open-set keys (SPEC §3.7, §2.9) of the kept net from the test outputs already
+    computed; every threshold is chosen on the validation split (metrics.evaluate)."""
+    from unimargin.metrics.evaluate import SplitOutputs, open_set_keys
+
+    def outputs(x, y):
+        f, s = compute_outputs(net, net.head, x, cfg.eval_batch_size, distributed=True)
+        return SplitOutputs(f, s, y)
+
+    val = outputs(splits.x_val, splits.y_val) if has_val else None
+    return open_set_keys(net.head, SplitOutputs(test_features, test_scores, splits.y_test),
+                         outputs(splits.x_unknown, splits.y_unknown), val, class_means)
 
 
 def _load_best_state(path: str | None, cfg) -> dict:

@@ -72,3 +72,25 @@ def start_time(pid: int) -> int | None:
 def alive(processes: dict[int, int]) -> list[int]:
     """The pids of ``{pid: start_time}`` that still run (same pid and same start time)."""
     return [pid for pid, started in processes.items() if start_time(pid) == started]
+
+
+def write_blobs_npz(path, *, seed: int, dim: int, spread: float, n_train: int, n_test: int,
+                    test_labels_seed: int | None = None) -> None:
+    """Three Gaussian blobs (centres ``spread`` apart on the first axes) in ``dim``-d with an
+    explicit test split, per class ``n_train`` / ``n_test`` samples. ``seed`` changes every
+    value, not the shapes (np.savez stores arrays uncompressed: the file size stays the
+    same); ``test_labels_seed`` replaces the TEST labels by random ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, dim, dtype=np.float32) * spread
+
+    def split(n):
+        y = np.repeat(np.arange(3), n)
+        return (centres[y] + rng.standard_normal((len(y), dim)).astype(np.float32)), y.astype(np.int64)
+
+    x, y = split(n_train)
+    x_test, y_test = split(n_test)
+    if test_labels_seed is not None:
+        y_test = np.random.default_rng(test_labels_seed).integers(0, 3, len(y_test)).astype(np.int64)
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)

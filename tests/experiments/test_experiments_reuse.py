@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-import numpy as np
+from experiment_procs import write_blobs_npz
 
 from unimargin.cli import main
 from unimargin.experiments import run_compare
@@ -20,18 +20,7 @@ TINY = ["--heads", ",".join(HEADS), "--seeds", "2", "--epochs", "2", "--feat-dim
 
 
 def _write_npz(path, seed: int) -> None:
-    """Three Gaussian blobs in 5-d with an explicit test split; ``seed`` changes every value,
-    not the shapes (np.savez stores arrays uncompressed: the file size stays the same)."""
-    rng = np.random.default_rng(seed)
-    centres = np.eye(3, 5, dtype=np.float32) * 3
-
-    def split(n):
-        y = np.repeat(np.arange(3), n)
-        return (centres[y] + rng.standard_normal((len(y), 5)).astype(np.float32)), y.astype(np.int64)
-
-    x, y = split(40)
-    x_test, y_test = split(20)
-    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    write_blobs_npz(path, seed=seed, dim=5, spread=3, n_train=40, n_test=20)
 
 
 def _records(out):

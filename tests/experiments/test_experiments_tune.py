@@ -6,7 +6,7 @@ runner, so its runs record the validation split too."""
 import json
 import sys
 
-import numpy as np
+from experiment_procs import write_blobs_npz
 import pytest
 
 from unimargin.cli import main
@@ -19,20 +19,8 @@ pytest.importorskip("optuna")
 
 
 def _write_npz(path, test_labels_seed=None):
-    """Three overlapping blobs in 6-d with an explicit test split; ``test_labels_seed``
-    replaces the TEST labels by random ones (train and its validation part unchanged)."""
-    rng = np.random.default_rng(0)
-    centres = np.eye(3, 6, dtype=np.float32) * 1.5
-
-    def split(n):
-        y = np.repeat(np.arange(3), n)
-        return (centres[y] + rng.standard_normal((len(y), 6)).astype(np.float32)), y.astype(np.int64)
-
-    x, y = split(60)
-    x_test, y_test = split(30)
-    if test_labels_seed is not None:
-        y_test = np.random.default_rng(test_labels_seed).integers(0, 3, len(y_test)).astype(np.int64)
-    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    write_blobs_npz(path, seed=0, dim=6, spread=1.5, n_train=60, n_test=30,
+                    test_labels_seed=test_labels_seed)
 
 
 def _tuned_compare(data, out, *extra):

@@ -16,6 +16,7 @@ report can label it. :func:`read_tuning` reads ``OUT/tune/tune.json`` (issue 13 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "completed_runs",
     "heads_in_order",
     "read_history",
+    "read_records",
     "record_from_summary",
     "history_split",
     "TUNE_FILE",
@@ -114,6 +116,21 @@ class RunRecord:
             "select_epoch": self.select_epoch,
         }
 
+    @classmethod
+    def from_json(cls, row: dict[str, Any], base: str | Path | None = None) -> "RunRecord":
+        """The inverse of :meth:`to_json` (one ``records.json`` row). A relative ``out`` is
+        resolved against ``base`` (records.json stores run paths relative to the compare
+        directory) and the run's history is read from there when it exists."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"history"}
+        missing = [k for k in ("head", "seed", "status") if k not in row]
+        if missing:
+            raise ValueError(f"records row {row!r}: missing {missing}")
+        record = cls(**{k: v for k, v in row.items() if k in known})
+        if record.out and base is not None and not Path(record.out).is_absolute():
+            record.out = str(Path(base) / record.out)
+        record.history = read_history(record.out) if record.out and Path(record.out).is_dir() else []
+        return record
+
 
 @dataclass
 class RunOutputs:
@@ -162,6 +179,20 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: line {line_number} is not valid JSON ({error})") from error
     return history
+
+
+def read_records(out_dir: str | Path) -> list[RunRecord]:
+    """Every run of ``out_dir/records.json`` (written by a compare or sweep) as records."""
+    path = Path(out_dir) / "records.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no records.json (is {out_dir} a compare or sweep directory?)")
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of run rows, got {type(rows).__name__}")
+    return [RunRecord.from_json(row, base=out_dir) for row in rows]
 
 
 OPEN_SET_PREFIXES = ("verif_", "reject_")

@@ -2,6 +2,7 @@
 excluded from means and paired tests, every section is rendered, HTML is self-contained."""
 
 import base64
+import dataclasses
 from html.parser import HTMLParser
 
 import numpy as np
@@ -178,3 +179,17 @@ def test_settings_come_from_the_runs_and_disagreement_is_flagged():
     assert settings["arcface"]["varies_across_seeds"] is True
     rows = {row[0].split()[0]: row for row in settings_table(settings).rows}
     assert "differs between seeds" in rows["`arcface`"][0] and rows["`softmax`"][0] == "`softmax`"
+
+
+def test_the_training_data_condition_is_stated_only_when_there_is_one():
+    from unimargin.report.compare import condition_sentence
+
+    plain = synthetic_records()
+    assert condition_sentence(plain) is None
+    long_tail = [dataclasses.replace(r, config={"imbalance": 0.01, "label_noise": None}) for r in plain]
+    text = condition_sentence(long_tail)
+    assert "`--imbalance 0.01`" in text and "clean and balanced" in text and "noise" not in text
+    noisy = [dataclasses.replace(r, config={"imbalance": None, "label_noise": 0.2}) for r in plain]
+    assert "`--label-noise 0.2`" in condition_sentence(noisy)
+    mixed = long_tail[:3] + [dataclasses.replace(r, config={"imbalance": 0.1}) for r in plain[3:]]
+    assert "differs between runs (0.01, 0.1)" in condition_sentence(mixed)

@@ -125,6 +125,27 @@ def _splits_text(result: CompareResult) -> str:
     return text
 
 
+def condition_sentence(records) -> str | None:
+    """The training-data condition of the runs (``--imbalance`` / ``--label-noise``, issue
+    15), or None for the plain data. Only the training split is changed; validation and test
+    stay clean and balanced, so every test figure is on the usual data."""
+    configs = [r.config for r in completed_runs(records) if r.config] or [r.config for r in records if r.config]
+    parts = []
+    for key, text in (("imbalance", "long-tailed (`--imbalance {v:g}`: class c keeps n·{v:g}^(c/(K−1)) of its "
+                                    "training samples, so the last class keeps {v:g} of them)"),
+                      ("label_noise", "noisy labels (`--label-noise {v:g}`: each training label replaced by a "
+                                      "uniformly drawn other class with probability {v:g})")):
+        values = sorted({float(c[key]) for c in configs if c.get(key) not in (None, 0, 0.0)})
+        if len(values) == 1:
+            parts.append(text.format(v=values[0]))
+        elif values:
+            parts.append(f"`{key}` differs between runs ({', '.join(f'{v:g}' for v in values)})")
+    if not parts:
+        return None
+    return ("**Training-data condition.** The training split is " + " and ".join(parts)
+            + "; the validation and test splits stay clean and balanced.")
+
+
 def _protocol_sentence(records) -> str:
     """Which split each number of the report comes from (SPEC §3.9)."""
     ok = completed_runs(records)
@@ -179,6 +200,9 @@ def build_compare_document(result: CompareResult, plot_dir: str | Path | None = 
         + (f" (with {n_seeds} seeds the smallest possible [sign-flip p](#glossary-sign-flip) is "
            f"{2 / 2 ** n_seeds:.4g})." if n_seeds >= 1 else "."))
     doc.paragraph(_protocol_sentence(records))
+    condition = condition_sentence(records)
+    if condition:
+        doc.paragraph(condition)
 
     doc.heading("Glossary")
     doc.glossary([e for e in glossary_entries() if e.anchor not in _other_anchors(records)])

@@ -104,6 +104,40 @@ def test_present_step_direct_equals_terms(K):
             torch.testing.assert_close(g, rg, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("K", [17, 31, 47, 129])
+def test_present_step_vector_ranking_tails_and_ties(K, dtype):
+    """The kernel ranks candidates LANES classes at a time (lmdl_kernel.c rank_row): K not
+    a multiple of the vector width (scalar tail), the own class at a lane boundary, and
+    exact ties (duplicated weight rows: equal d_cj, the lowest j wins as in terms.py) give
+    THE formula's loss, terms and gradients."""
+    d, B = 5, 60
+    gen = torch.Generator().manual_seed(K)
+    W0 = torch.randn(K, d, generator=gen, dtype=torch.float64)
+    W0[5] = W0[3]          # a tie for every class whose nearest boundary is 3 or 5
+    W0[K - 1] = W0[K - 2]  # a tie inside the scalar tail
+    W0[16] = W0[15]        # across a lane boundary (16 float32 lanes with AVX-512)
+    b0 = torch.randn(K, generator=gen, dtype=torch.float64)
+    b0[5], b0[K - 1], b0[16] = b0[3], b0[K - 2], b0[15]
+    f0 = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, K, (B,), generator=gen)
+    y[:4] = torch.tensor([0, 15, 16, K - 1])
+    M = torch.randn(K, d, generator=gen, dtype=torch.float64).to(dtype)
+    seen = torch.rand(K, generator=gen) < 0.5
+    hp = dict(delta_v=0.5, delta_d=50.0, momentum=0.8)  # every margin hinge active
+    f, W, b = (t.to(dtype).requires_grad_() for t in (f0, W0, b0))
+    res = lmdl_present_step(f, W, b, y, M, seen, **hp, compact_coef=1.1, margin_coef=0.7, reg_coef=0.2)
+    grads = torch.autograd.grad(res.loss, [f, W, b])
+    ref = lmdl_terms(f, y, W, b, M, seen, **hp)
+    ce = F.cross_entropy(F.linear(f, W, b), y)
+    ref_loss = ce + 1.1 * ref.compact + 0.7 * ref.margin + 0.2 * ref.reg
+    ref_grads = torch.autograd.grad(ref_loss, [f, W, b])
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res.loss, ref_loss, **tol)
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g, rg, **tol)
+
+
 def test_present_step_near_duplicates_float32_exact_argmin():
     """‖w‖/‖Δw‖ = 1e4 (the fused step's documented limit): the present step's distances come
     from difference vectors, so float32 loss and gradients stay within 1e-3 of float64."""

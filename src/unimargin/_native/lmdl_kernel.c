@@ -70,27 +70,35 @@ long lmdl_scratch_size(long B, long K, long d) { return K * K + K * d + B * K; }
 #endif
 
 #define REAL float
+#define IREAL int32_t
 #define FN(name) name##_f32
 #define EXP expf
 #define LOG logf
 #define SQRT sqrtf
+#define NEXTUP(x) nextafterf(x, INFINITY)
 #include "lmdl_kernel.c" /* this file again, for the next REAL */
 #undef REAL
+#undef IREAL
 #undef FN
 #undef EXP
 #undef LOG
 #undef SQRT
+#undef NEXTUP
 #define REAL double
+#define IREAL int64_t
 #define FN(name) name##_f64
 #define EXP exp
 #define LOG log
 #define SQRT sqrt
+#define NEXTUP(x) nextafter(x, INFINITY)
 #include "lmdl_kernel.c" /* this file again, for the next REAL */
 #undef REAL
+#undef IREAL
 #undef FN
 #undef EXP
 #undef LOG
 #undef SQRT
+#undef NEXTUP
 
 #else /* the body, once per REAL */
 
@@ -207,6 +215,77 @@ static inline void FN(resid_grad)(const REAL *restrict f, const REAL *restrict m
         REAL q = a * (f[t] - m[t]);
         gf[t] = q, gm[t] -= q;
     }
+}
+
+/* Branch-free ranking of one present class's row (the expansion; no gradient): for k in
+ * [lo, hi): z̄_ck = inv · Σ_m Z[order[m], k] over the class's n samples (the class mean of
+ * the logits, summed here so no P×K array of them is written), den = ‖w_c‖² + ‖w_k‖² −
+ * 2 G_ck, d̂ = (z_c − z̄_ck)/√max(den, 1e-24), stored in row[k] as −inf for near pairs
+ * (den < near: always re-checked exactly) and d̂ otherwise; *best / *arg: the least far d̂
+ * and its lowest index (unchanged if none is less). Vector compare-and-select. */
+typedef IREAL FN(ivec) __attribute__((vector_size(VECTOR_BYTES)));
+
+static inline FN(ivec) FN(select)(FN(ivec) mask, FN(ivec) a, FN(ivec) b) { return (mask & a) | (~mask & b); }
+
+/* z̄_ck for one k: the same additions in the same order as the vector lanes below */
+static inline REAL FN(class_logit)(const REAL *Z, long K, const int64_t *order, long n, REAL inv, long k) {
+    REAL s = 0;
+    for (long m = 0; m < n; m++) s += Z[order[m] * K + k];
+    return s * inv;
+}
+
+static void FN(rank_row)(REAL *restrict row, const REAL *restrict Z, long K, const int64_t *order, long n, REAL inv,
+                         const REAL *restrict wsq, REAL wsq_c, REAL z_c, REAL near, long lo, long hi, REAL *best,
+                         long *arg) {
+    const FN(vec) inf = (FN(vec)){0} + (REAL)INFINITY, ninf = -inf, tiny = (FN(vec)){0} + (REAL)1e-24;
+    FN(vec) vbest = inf;
+    FN(ivec) varg = (FN(ivec)){0} - 1, lane;
+    for (long l = 0; l < LANES; l++) lane[l] = (IREAL)l;
+    long k = lo;
+    for (; k + LANES <= hi; k += LANES) {
+        FN(vec) zs = {0};
+        for (long m = 0; m < n; m++) zs += FN(load)(Z + order[m] * K + k);
+        FN(vec) den = (FN(vec)){0} + wsq_c + FN(load)(wsq + k) - 2 * FN(load)(row + k);
+        FN(ivec) far = (FN(ivec))(den >= near);
+        FN(vec) clamped = (FN(vec))FN(select)((FN(ivec))(den > tiny), (FN(ivec))den, (FN(ivec))tiny);
+        REAL root[LANES];
+        memcpy(root, &clamped, sizeof clamped);
+        for (long l = 0; l < LANES; l++) root[l] = SQRT(root[l]);  /* one vector sqrt */
+        FN(vec) dh = ((FN(vec)){0} + z_c - zs * inv) / FN(load)(root);
+        FN(store)(row + k, (FN(vec))FN(select)(far, (FN(ivec))dh, (FN(ivec))ninf));
+        FN(ivec) better = far & (FN(ivec))(dh < vbest);
+        vbest = (FN(vec))FN(select)(better, (FN(ivec))dh, (FN(ivec))vbest);
+        varg = FN(select)(better, lane + (IREAL)k, varg);
+    }
+    REAL lb[LANES];
+    IREAL la[LANES];
+    memcpy(lb, &vbest, sizeof vbest);
+    memcpy(la, &varg, sizeof varg);
+    for (long l = 0; l < LANES; l++)  /* lowest index among the lanes' least values */
+        if (la[l] >= 0 && (lb[l] < *best || (lb[l] == *best && la[l] < *arg))) *best = lb[l], *arg = la[l];
+    for (; k < hi; k++) {
+        REAL den = wsq_c + wsq[k] - 2 * row[k];
+        REAL dh = (z_c - FN(class_logit)(Z, K, order, n, inv, k)) / SQRT(den > (REAL)1e-24 ? den : (REAL)1e-24);
+        row[k] = den < near ? (REAL)-INFINITY : dh;
+        if (!(den < near) && (dh < *best || (dh == *best && k < *arg))) *best = dh, *arg = k;
+    }
+}
+
+/* the first k >= from with row[k] <= limit (−inf near pairs included; NaN never), or hi */
+static inline long FN(next_candidate)(const REAL *row, REAL limit, long from, long hi) {
+    const FN(vec) lim = (FN(vec)){0} + limit;
+    long k = from;
+    for (; k + 4 * LANES <= hi; k += 4 * LANES) {
+        FN(ivec) m = (FN(ivec))(FN(load)(row + k) <= lim) | (FN(ivec))(FN(load)(row + k + LANES) <= lim)
+                   | (FN(ivec))(FN(load)(row + k + 2 * LANES) <= lim) | (FN(ivec))(FN(load)(row + k + 3 * LANES) <= lim);
+        IREAL t[LANES], any = 0;
+        memcpy(t, &m, sizeof m);
+        for (long l = 0; l < LANES; l++) any |= t[l];
+        if (any) break;
+    }
+    for (; k < hi; k++)
+        if (row[k] <= limit) return k;
+    return hi;
 }
 
 /* torch.lerp's formula (exact at both ends) */
@@ -407,18 +486,24 @@ void FN(lmdl_backward)(long B, long K, long d, const REAL *f, const REAL *W, con
  * (numerator = class mean of the logits, denominator² = ‖w_c‖² + ‖w_j‖² − 2 G) only ranks,
  * with H1's rounding-error bounds (τ = 2 (d + n_max + 8) u, near pairs R² = 256 τ σ_c,
  * per-row threshold U_c) deciding which j are re-checked exactly; j* is the lowest j
- * with the least exact d_cj. zbar is P×K scratch. */
+ * with the least exact d_cj. order is B + P + 1 scratch longs (samples by class). */
 void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, const REAL *W, const REAL *bias,
                               const int64_t *y, const int64_t *present, const int64_t *rows, const REAL *Z,
                               const REAL *lp, REAL *G, const REAL *M, const uint8_t *seen, double delta_v,
                               double delta_d, double momentum, double ca, double cb, double cg, double unit,
-                              REAL *out, REAL *centroid, int64_t *nearest, REAL *zbar, REAL *wsq, REAL *work) {
+                              REAL *out, REAL *centroid, int64_t *nearest, int64_t *order, REAL *wsq, REAL *work) {
     REAL *mean = work, *counts = work + P * d, *keep = counts + P, *scale = keep + P;
     REAL *dstar = scale + P, *nstar = dstar + P, *rnorm = nstar + P;
     const REAL mu = (REAL)momentum, dv = (REAL)delta_v, dd = (REAL)delta_d;
     memset(mean, 0, sizeof(REAL) * (size_t)(P * d));
     memset(counts, 0, sizeof(REAL) * (size_t)(3 * P));
-    memset(zbar, 0, sizeof(REAL) * (size_t)(P * K));
+    int64_t *start = order + B; /* class p's samples: order[start[p] .. start[p + 1]) */
+    memset(start, 0, sizeof(int64_t) * (size_t)(P + 1));
+    for (long i = 0; i < B; i++) start[rows[i] + 1]++;
+    for (long p = 0; p < P; p++) start[p + 1] += start[p];
+    for (long i = 0; i < B; i++) order[start[rows[i]]++] = i;
+    for (long p = P; p > 0; p--) start[p] = start[p - 1];
+    start[0] = 0;
     double ce = 0;
     for (long i = 0; i < B; i++) {
         long p = rows[i];
@@ -426,14 +511,12 @@ void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, con
         counts[p] += 1;
         FN(axpy)(mean + p * d, (REAL)1, fi, d);
         scale[p] += SQRT(FN(dot)(fi, fi, d));
-        FN(axpy)(zbar + p * K, (REAL)1, Z + i * K, K);
         ce -= lp[i * K + y[i]];
     }
     REAL n_max = 0;
     for (long p = 0; p < P; p++) {
         REAL inv = (REAL)1 / counts[p];
         for (long t = 0; t < d; t++) mean[p * d + t] *= inv;
-        for (long k = 0; k < K; k++) zbar[p * K + k] *= inv;
         scale[p] *= inv;
         if (counts[p] > n_max) n_max = counts[p];
         const REAL *Mc = M + present[p] * d, *mc = mean + p * d;
@@ -465,7 +548,10 @@ void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, con
     double margin = 0;
     for (long p = 0; p < P; p++) {
         const long c = present[p];
-        const REAL *zc = zbar + p * K, *wc = W + c * d, *mc = mean + p * d;
+        const REAL *wc = W + c * d, *mc = mean + p * d;
+        const int64_t *members = order + start[p];
+        const long n_p = start[p + 1] - start[p];
+        const REAL inv_p = (REAL)1 / counts[p];
         const REAL bc = bias ? bias[c] : (REAL)0;
         double near_sq = 256.0 * tau * ((double)wsq[c] + (double)sq_max);
         if (near_sq < 4e-24) near_sq = 4e-24;
@@ -473,17 +559,12 @@ void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, con
         /* one branch-free (vector) pass: d̂ in place of G's row; near pairs −inf (always
          * re-checked), the self pair +inf (never) */
         REAL *row = G + p * K;
-        const REAL near_f = (REAL)near_sq, wsq_c = wsq[c], z_c = zc[c];
-        for (long k = 0; k < K; k++) {
-            REAL den = wsq_c + wsq[k] - 2 * row[k];
-            REAL dh = (z_c - zc[k]) / SQRT(den > (REAL)1e-24 ? den : (REAL)1e-24);
-            row[k] = den < near_f ? (REAL)-INFINITY : dh;
-        }
-        row[c] = (REAL)INFINITY;
-        long first = -1;
+        const REAL near_f = (REAL)near_sq, wsq_c = wsq[c], z_c = FN(class_logit)(Z, K, members, n_p, inv_p, c);
+        long first = -1;  /* the least far d̂ (lowest j on ties), j ≠ c */
         REAL best_hat = (REAL)INFINITY;
-        for (long k = 0; k < K; k++)
-            if (row[k] < best_hat && row[k] > (REAL)-INFINITY) best_hat = row[k], first = k;
+        FN(rank_row)(row, Z, K, members, n_p, inv_p, wsq, wsq_c, z_c, near_f, 0, c, &best_hat, &first);
+        FN(rank_row)(row, Z, K, members, n_p, inv_p, wsq, wsq_c, z_c, near_f, c + 1, K, &best_hat, &first);
+        row[c] = (REAL)INFINITY;
         double limit = -INFINITY;
         if (first >= 0) {
             const REAL *wj = W + first * d;
@@ -499,7 +580,10 @@ void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, con
         }
         long jbest = c;
         REAL dbest = (REAL)INFINITY, nbest = 0;
-        for (long k = 0; k < K; k++) {
+        /* REAL limit rounded up: every candidate of the double comparison stays one */
+        REAL limit_r = (REAL)limit;
+        if ((double)limit_r < limit) limit_r = NEXTUP(limit_r);
+        for (long k = FN(next_candidate)(row, limit_r, 0, K); k < K; k = FN(next_candidate)(row, limit_r, k + 1, K)) {
             if (!((double)row[k] <= limit)) continue;  /* not a candidate (self: +inf) */
             const REAL *wj = W + k * d;
             REAL numer, n2;

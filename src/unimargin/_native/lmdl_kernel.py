@@ -157,7 +157,7 @@ def present_forward(features, weight, bias, labels, present, rows, logits, log_p
     out = features.new_empty(5)
     centroid = features.new_empty((n, dim))
     nearest = torch.empty(n, dtype=torch.int64)
-    zbar = features.new_empty((n, num_classes))
+    order = torch.empty(batch + n + 1, dtype=torch.int64)
     wsq = features.new_empty(num_classes)
     work = features.new_empty(lib.lmdl_present_work_size(batch, n, dim))
     centroids, seen = centroids.contiguous(), seen.contiguous()
@@ -165,7 +165,7 @@ def present_forward(features, weight, bias, labels, present, rows, logits, log_p
         batch, num_classes, dim, n, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
         present.data_ptr(), rows.data_ptr(), logits.data_ptr(), log_prob.data_ptr(), gram.data_ptr(),
         centroids.data_ptr(), seen.data_ptr(), delta_v, delta_d, momentum, compact_coef, margin_coef, reg_coef,
-        unit, out.data_ptr(), centroid.data_ptr(), nearest.data_ptr(), zbar.data_ptr(), wsq.data_ptr(),
+        unit, out.data_ptr(), centroid.data_ptr(), nearest.data_ptr(), order.data_ptr(), wsq.data_ptr(),
         work.data_ptr())
     return out, centroid, nearest, work
 

@@ -486,12 +486,14 @@ void FN(lmdl_backward)(long B, long K, long d, const REAL *f, const REAL *W, con
  * (numerator = class mean of the logits, denominator² = ‖w_c‖² + ‖w_j‖² − 2 G) only ranks,
  * with H1's rounding-error bounds (τ = 2 (d + n_max + 8) u, near pairs R² = 256 τ σ_c,
  * per-row threshold U_c) deciding which j are re-checked exactly; j* is the lowest j
- * with the least exact d_cj. order is B + P + 1 scratch longs (samples by class). */
+ * with the least exact d_cj. order is B + P + 1 scratch longs (samples by class). With
+ * M_out (and seen_out) non-NULL the buffers are updated at the end (training mode). */
 void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, const REAL *W, const REAL *bias,
                               const int64_t *y, const int64_t *present, const int64_t *rows, const REAL *Z,
                               const REAL *lp, REAL *G, const REAL *M, const uint8_t *seen, double delta_v,
                               double delta_d, double momentum, double ca, double cb, double cg, double unit,
-                              REAL *out, REAL *centroid, int64_t *nearest, int64_t *order, REAL *wsq, REAL *work) {
+                              REAL *out, REAL *centroid, int64_t *nearest, int64_t *order, REAL *wsq, REAL *work,
+                              REAL *M_out, uint8_t *seen_out) {
     REAL *mean = work, *counts = work + P * d, *keep = counts + P, *scale = keep + P;
     REAL *dstar = scale + P, *nstar = dstar + P, *rnorm = nstar + P;
     const REAL mu = (REAL)momentum, dv = (REAL)delta_v, dd = (REAL)delta_d;
@@ -600,26 +602,34 @@ void FN(lmdl_present_forward)(long B, long K, long d, long P, const REAL *f, con
     out[1] = (REAL)(ce / (double)B), out[2] = (REAL)(compact * omega), out[3] = (REAL)(margin * omega);
     out[4] = (REAL)(reg * omega);
     out[0] = (REAL)((double)out[1] + ca * out[2] + cb * out[3] + cg * out[4]);
+    if (M_out) /* training: M_c ← m_c, seen_c ← 1 for the present classes (M_out may be M) */
+        for (long p = 0; p < P; p++) {
+            memcpy(M_out + present[p] * d, centroid + p * d, sizeof(REAL) * (size_t)d);
+            seen_out[present[p]] = 1;
+        }
 }
 
 /* Present-class backward: S (B×K) holds softmax(Z) on entry and ∂L/∂Z = g (S − Y)/B on
- * exit (the caller adds the downstream gradient of the logits); grad_f gets everything of
+ * exit (the caller adds the downstream gradient of the logits), grad_b (K, or NULL: no
+ * bias) its column sums; grad_f gets everything of
  * ∂L/∂f except S W (compact, reg and margin through m̄ and m); pair_grad (2P×d, rows
  * present then nearest) and pair_gb (2P) the margin's gradient on those rows of W and b. */
 void FN(lmdl_present_backward)(long B, long K, long d, long P, const REAL *f, const REAL *W, const REAL *bias,
                                const int64_t *y, const int64_t *present, const int64_t *rows,
                                const int64_t *nearest, const REAL *centroid, const REAL *work, double delta_v,
                                double delta_d, double ca, double cb, double cg, double g, REAL *S,
-                               REAL *grad_f, REAL *grad_mean, REAL *pair_grad, REAL *pair_gb) {
+                               REAL *grad_f, REAL *grad_mean, REAL *pair_grad, REAL *pair_gb, REAL *grad_b) {
     const REAL *mean = work, *counts = work + P * d, *keep = counts + P, *scale = keep + P;
     const REAL *dstar = scale + P, *nstar = dstar + P, *rnorm = nstar + P;
     const REAL dv = (REAL)delta_v, omega = P > 0 ? (REAL)(1.0 / (double)P) : (REAL)0;
     (void)scale;
     const REAL g_ce = (REAL)(g / (double)B);
+    if (grad_b) memset(grad_b, 0, sizeof(REAL) * (size_t)K);
     for (long i = 0; i < B; i++) {
         REAL *si = S + i * K;
         for (long k = 0; k < K; k++) si[k] *= g_ce;
         si[y[i]] -= g_ce;
+        if (grad_b) FN(axpy)(grad_b, (REAL)1, si, K);  /* ∂L/∂b = Σ_i ∂L/∂z_i (CE part) */
     }
     /* ∂L/∂m_p: reg and −Σ_i ∂/∂r_i (compactness); ∂/∂r_i goes to grad_f directly */
     const REAL g_reg = (REAL)(g * cg) * omega, g_cmp = (REAL)(g * ca) * omega;

@@ -87,10 +87,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.argtypes = [long_] * 3 + [ptr] * 5 + [int_] + [dbl] * 5 + [ptr] * 5
         bwd.restype = None
         pf = getattr(lib, f"lmdl_present_forward_{suffix}")
-        pf.argtypes = [long_] * 4 + [ptr] * 11 + [dbl] * 7 + [ptr] * 6
+        pf.argtypes = [long_] * 4 + [ptr] * 11 + [dbl] * 7 + [ptr] * 8
         pf.restype = None
         pb = getattr(lib, f"lmdl_present_backward_{suffix}")
-        pb.argtypes = [long_] * 4 + [ptr] * 9 + [dbl] * 6 + [ptr] * 5
+        pb.argtypes = [long_] * 4 + [ptr] * 9 + [dbl] * 6 + [ptr] * 6
         pb.restype = None
         ps = getattr(lib, f"lmdl_present_scatter_{suffix}")
         ps.argtypes = [long_] * 2 + [ptr] * 6
@@ -122,9 +122,12 @@ def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Ten
 def present_usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Tensor) -> bool:
     """Whether the present-class step (:class:`unimargin.heads.lmdl.fused.LMDLPresentStep`)
     runs: CPU tensors of one float32/float64 dtype, not :func:`disabled`, a kernel built. No
-    size limit: its big products run in the (multi-threaded) BLAS, the kernel does the rest."""
+    size limit: its big products run in the (multi-threaded) BLAS, the kernel does the rest.
+    The centroid buffer must be contiguous (the kernel updates it in place in training)."""
     dtype = features.dtype
     if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
+        return False
+    if not centroids.is_contiguous():
         return False
     if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or getattr(_local, "off", 0):
         return False
@@ -148,9 +151,11 @@ def present_classes(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
 
 
 def present_forward(features, weight, bias, labels, present, rows, logits, log_prob, gram, centroids, seen,
-                    delta_v, delta_d, momentum, compact_coef, margin_coef, reg_coef, unit):
+                    delta_v, delta_d, momentum, compact_coef, margin_coef, reg_coef, unit, update=False):
     """Kernel part of the present-class forward: ``(out, centroid, nearest, work)`` with
-    out = (loss, CE, compact, margin, reg), centroid = m_p (P×d), nearest = j*(c) (P)."""
+    out = (loss, CE, compact, margin, reg), centroid = m_p (P×d), nearest = j*(c) (P).
+    ``update``: also write M_c ← m_c and seen_c ← True into ``centroids`` / ``seen`` in place
+    (contiguous tensors of the step's dtype and bool; ValueError otherwise)."""
     lib = _state["lib"]
     batch, dim = features.shape
     num_classes, n = weight.shape[0], present.numel()
@@ -160,21 +165,25 @@ def present_forward(features, weight, bias, labels, present, rows, logits, log_p
     order = torch.empty(batch + n + 1, dtype=torch.int64)
     wsq = features.new_empty(num_classes)
     work = features.new_empty(lib.lmdl_present_work_size(batch, n, dim))
+    if update and not (centroids.is_contiguous() and seen.is_contiguous() and seen.dtype == torch.bool
+                       and centroids.dtype == features.dtype):
+        raise ValueError("present_forward(update=True) needs contiguous centroids of the features' dtype "
+                         "and a contiguous bool seen buffer")
     centroids, seen = centroids.contiguous(), seen.contiguous()
     getattr(lib, f"lmdl_present_forward_{DTYPES[features.dtype]}")(
         batch, num_classes, dim, n, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
         present.data_ptr(), rows.data_ptr(), logits.data_ptr(), log_prob.data_ptr(), gram.data_ptr(),
         centroids.data_ptr(), seen.data_ptr(), delta_v, delta_d, momentum, compact_coef, margin_coef, reg_coef,
         unit, out.data_ptr(), centroid.data_ptr(), nearest.data_ptr(), order.data_ptr(), wsq.data_ptr(),
-        work.data_ptr())
+        work.data_ptr(), centroids.data_ptr() if update else None, seen.data_ptr() if update else None)
     return out, centroid, nearest, work
 
 
 def present_backward(features, weight, bias, labels, present, rows, nearest, centroid, work, delta_v, delta_d,
                      compact_coef, margin_coef, reg_coef, grad_loss: float, probs):
     """Kernel part of the present-class backward: turns ``probs`` (softmax, B×K) into ∂L/∂Z in
-    place and returns (∂L/∂f without the ∂L/∂Z W part, pair_grad, pair_gb) for
-    :func:`present_scatter`."""
+    place and returns (∂L/∂f without the ∂L/∂Z W part, pair_grad, pair_gb, ∂L/∂b of the CE
+    part = column sums of ∂L/∂Z, or None without a bias) for :func:`present_scatter`."""
     lib = _state["lib"]
     batch, dim = features.shape
     num_classes, n = weight.shape[0], present.numel()
@@ -182,12 +191,13 @@ def present_backward(features, weight, bias, labels, present, rows, nearest, cen
     grad_mean = features.new_empty((n, dim))
     pair_grad = features.new_empty((2 * n, dim))
     pair_gb = features.new_empty(2 * n)
+    grad_b = None if bias is None else features.new_empty(num_classes)
     getattr(lib, f"lmdl_present_backward_{DTYPES[features.dtype]}")(
         batch, num_classes, dim, n, features.data_ptr(), weight.data_ptr(), _address(bias), labels.data_ptr(),
         present.data_ptr(), rows.data_ptr(), nearest.data_ptr(), centroid.data_ptr(), work.data_ptr(), delta_v,
         delta_d, compact_coef, margin_coef, reg_coef, grad_loss, probs.data_ptr(), grad_f.data_ptr(),
-        grad_mean.data_ptr(), pair_grad.data_ptr(), pair_gb.data_ptr())
-    return grad_f, pair_grad, pair_gb
+        grad_mean.data_ptr(), pair_grad.data_ptr(), pair_gb.data_ptr(), _address(grad_b))
+    return grad_f, pair_grad, pair_gb, grad_b
 
 
 def present_scatter(present, nearest, pair_grad, pair_gb, grad_weight, grad_bias) -> None:

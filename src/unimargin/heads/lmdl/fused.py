@@ -193,8 +193,9 @@ class LMDLPresentStep(torch.autograd.Function):
     compiled kernel built: :func:`unimargin._native.lmdl_kernel.present_usable`).
 
     ``apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
-    compact_coef, margin_coef, reg_coef, extras)`` returns ``(loss, logits)`` and appends
-    ``terms, present, centroid`` (m_c of the present classes, P×d) to ``extras``.
+    compact_coef, margin_coef, reg_coef, update, extras)`` returns ``(loss, logits)`` and appends
+    ``terms, present, centroid`` (m_c of the present classes, P×d) to ``extras``; with
+    ``update`` the kernel also writes M_c ← m_c, seen_c ← True into the buffers (training).
 
     The terms are those of :func:`~unimargin.heads.lmdl.terms.lmdl_terms` (the same nearest
     pair rule and rounding bounds; every d_cj that enters the loss from w_c − w_j). The big
@@ -212,7 +213,7 @@ class LMDLPresentStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum,
-                compact_coef, margin_coef, reg_coef, extras):
+                compact_coef, margin_coef, reg_coef, update, extras):
         ctx.set_materialize_grads(False)
         features, weight, labels = features.contiguous(), weight.contiguous(), labels.long().contiguous()
         present, rows = lmdl_kernel.present_classes(labels, weight.shape[0])
@@ -221,7 +222,7 @@ class LMDLPresentStep(torch.autograd.Function):
         gram = torch.mm(weight.index_select(0, present), weight.t())  # ranks candidates only
         out, centroid, nearest, work = lmdl_kernel.present_forward(
             features, weight, bias, labels, present, rows, logits, log_prob, gram, centroids, seen, delta_v,
-            delta_d, momentum, compact_coef, margin_coef, reg_coef, unit_roundoff(features, weight))
+            delta_d, momentum, compact_coef, margin_coef, reg_coef, unit_roundoff(features, weight), update)
         ctx.save_for_backward(features, weight)
         ctx.hp = (bias, delta_v, delta_d, compact_coef, margin_coef, reg_coef)
         ctx.inter = (labels, present, rows, nearest, centroid, work, log_prob)
@@ -237,16 +238,17 @@ class LMDLPresentStep(torch.autograd.Function):
             bias, delta_v, delta_d, compact_coef, margin_coef, reg_coef = ctx.hp
             labels, present, rows, nearest, centroid, work, log_prob = ctx.inter
             grad_z = log_prob.exp()
-            grad_f, pair_grad, pair_gb = lmdl_kernel.present_backward(
+            grad_f, pair_grad, pair_gb, grad_bias = lmdl_kernel.present_backward(
                 features, weight, bias, labels, present, rows, nearest, centroid, work, delta_v, delta_d,
                 compact_coef, margin_coef, reg_coef, 0.0 if grad_loss is None else float(grad_loss), grad_z)
             if grad_logits is not None:  # logits used downstream as well
                 grad_z += grad_logits
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
             grad_f.addmm_(grad_z, weight)
             grad_weight = grad_z.t().mm(features)
-            grad_bias = None if bias is None else grad_z.sum(0)
             lmdl_kernel.present_scatter(present, nearest, pair_grad, pair_gb, grad_weight, grad_bias)
-        return (grad_f, grad_weight, grad_bias) + (None,) * 10
+        return (grad_f, grad_weight, grad_bias) + (None,) * 11
 
 
 _NO_DOUBLE_BACKWARD = (
@@ -266,15 +268,17 @@ class LMDLPresentResult(NamedTuple):
 
 def lmdl_present_step(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, centroids: Tensor,
                       seen: Tensor, *, delta_v: float, delta_d: float, momentum: float, compact_coef: float,
-                      margin_coef: float, reg_coef: float) -> LMDLPresentResult:
+                      margin_coef: float, reg_coef: float, update_buffers: bool = False) -> LMDLPresentResult:
     """One single-process lmdl step, max aggregation, any K (:class:`LMDLPresentStep`); the
     coefficients are λα, λβ, λγ. Needs :func:`unimargin._native.lmdl_kernel.present_usable`
-    and a non-empty batch; the buffers are read, never written."""
+    and a non-empty batch. The buffers are only read unless ``update_buffers`` (training
+    mode; contiguous buffers): then the kernel writes M_c ← m_c and seen_c ← True for the
+    present classes in the same pass (no index_copy_ / index_fill_ ops)."""
     if features.shape[0] == 0:
         raise ValueError("lmdl_present_step needs a non-empty batch (LMDLHead returns an explicit zero loss)")
     extras: list = []
     loss, logits = LMDLPresentStep.apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d,
-                                         momentum, compact_coef, margin_coef, reg_coef, extras)
+                                         momentum, compact_coef, margin_coef, reg_coef, update_buffers, extras)
     return LMDLPresentResult(loss, *extras, logits)
 
 

@@ -137,11 +137,7 @@ class LMDLHead(LinearHead):
                 features, self.weight, self.bias, labels, self.centroids, self.seen, delta_v=self.delta_v,
                 delta_d=self.delta_d, momentum=self.momentum,
                 compact_coef=lam * self.compact_weight, margin_coef=lam * self.margin_weight,
-                reg_coef=lam * self.reg_weight)
-            if self.training:
-                with torch.no_grad():
-                    self.centroids.index_copy_(0, present, new_centroids)
-                    self.seen.index_fill_(0, present, True)
+                reg_coef=lam * self.reg_weight, update_buffers=self.training)  # the kernel writes M, seen
             return HeadOutput(loss, logits, dict(zip(names, terms.unbind())))
         if path == "fused":  # one autograd node for the whole step (the K ≲ 64 cost is per-op overhead)
             lam = self.disc_weight

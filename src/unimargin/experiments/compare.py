@@ -26,7 +26,7 @@ from .runner import (Progress, RunTask, base_training_options, check_overrides, 
                      plan_devices, rerun_command, run_outputs, run_tasks, write_records)
 
 __all__ = ["DEFAULT_DATASET", "DEFAULT_HEADS", "DEFAULT_SEEDS", "DEFAULT_EPOCHS", "resolve_heads",
-           "run_compare", "check_output_dir"]
+           "run_compare", "check_output_dir", "plotted_runs"]
 
 DEFAULT_DATASET = "mnist1d"
 DEFAULT_HEADS = ("softmax", "lmdl", "bce-u")
@@ -65,6 +65,35 @@ def check_output_dir(out: Path, reuse: bool, overwrite: bool, what: str = "compa
     if any((out / name).exists() for name in ("records.json", "runs", "tune")):
         raise ValueError(f"out: {str(out)!r} already holds a {what}; pass --reuse to keep its finished "
                          "runs or --overwrite to retrain them")
+
+
+def plotted_runs(tasks: Sequence[RunTask], records: dict[int, RunRecord]) -> list[int]:
+    """Indices of the runs whose test outputs the report plots: per head, its first run in
+    grid order that finished ok (one seed per head). ``records`` may be partial (runs
+    finished so far): a head is left out until every run of it before the chosen one has
+    finished, so the answer for the full grid never differs from a partial one."""
+    chosen: list[int] = []
+    decided: set[str] = set()
+    for index, task in enumerate(tasks):
+        if task.head in decided:
+            continue
+        record = records.get(index)
+        if record is None:
+            decided.add(task.head)  # unknown yet: a later run of this head cannot be chosen
+        elif record.ok:
+            chosen.append(index)
+            decided.add(task.head)
+    return chosen
+
+
+def _preload_plotting() -> None:
+    """Import what the report's plots import (matplotlib Figure + Agg canvas, ~0.5–1 s),
+    when the plots extra is installed; the report then starts plotting at once."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
 
 
 def run_compare(
@@ -188,14 +217,25 @@ def run_compare(
             progress.finished(index, record)
             write_records(out, [finished[i] for i in sorted(finished)])
 
+        plot_outputs: dict[int, RunOutputs] = {}
+
+        def prepare_report() -> None:
+            """On the core the last runs leave free (run_tasks ``on_idle``): the test outputs
+            of the runs the plots show, if already decided, and the plotting imports."""
+            for index in plotted_runs(tasks, finished):
+                if index not in plot_outputs:
+                    plot_outputs[index] = run_outputs(tasks[index].run_dir, splits.x_test, splits.y_test,
+                                                      tasks[index].head, tasks[index].seed)
+            _preload_plotting()
+
         records = run_tasks(tasks, jobs, on_record, progress.write, on_event=progress.event,
-                            devices=plan_devices(base.get("device"), max(1, min(jobs, len(tasks)))))
+                            devices=plan_devices(base.get("device"), max(1, min(jobs, len(tasks)))),
+                            on_idle=prepare_report)
     outputs: list[RunOutputs] = []
-    for task, record in zip(tasks, records):
-        if not record.ok:
-            continue
-        if not any(o.head == record.head for o in outputs):  # one seed per head for the plots
-            outputs.append(run_outputs(task.run_dir, splits.x_test, splits.y_test, record.head, record.seed))
+    for index in plotted_runs(tasks, dict(enumerate(records))):
+        task = tasks[index]
+        outputs.append(plot_outputs.get(index)
+                       or run_outputs(task.run_dir, splits.x_test, splits.y_test, task.head, task.seed))
     write_records(out, records)
     wall = time.perf_counter() - started
 

@@ -410,7 +410,8 @@ def _kill_workers(pool) -> None:
 def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, RunRecord], None],
               log: Callable[[str], None], cost: Callable[[RunTask], float] | None = None,
               devices: Sequence[str | None] | None = None,
-              on_event: Callable[[int, str, Any], None] | None = None) -> list[RunRecord]:
+              on_event: Callable[[int, str, Any], None] | None = None,
+              on_idle: Callable[[], None] | None = None) -> list[RunRecord]:
     """Train every task, ``jobs`` at a time; returns the records in task order.
 
     Runs are independent and seeded, so results do not depend on ``jobs`` or the order.
@@ -421,7 +422,11 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, Run
     ``on_event(index, kind, payload)`` (:func:`train_task`'s "start" / "epoch" events) in
     the parent as they happen, before that run's ``on_record``; workers' log lines reach
     ``log`` in the parent. ``devices`` (:func:`plan_devices`): worker i sees only GPU
-    ``devices[i]`` (:func:`pin_device`).
+    ``devices[i]`` (:func:`pin_device`). ``on_idle()`` is called once in the parent, with
+    ``jobs`` > 1, as soon as a worker has no task left while others still train (the last
+    runs leave a core free: 9 runs on 2 workers leave one idle for a whole run): the caller
+    does work it would otherwise do after the grid there. It is an optimisation only, not
+    called when no worker ever idles before the end, so callers must not depend on it.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
@@ -474,6 +479,10 @@ def run_tasks(tasks: Sequence[RunTask], jobs: int, on_record: Callable[[int, Run
                 index = futures[future]
                 records[index] = future.result()
                 on_record(index, records[index])
+            if on_idle is not None and 0 < len(pending) < workers:
+                # fewer unfinished tasks than workers: at least one worker (a core) is free
+                on_idle, idle = None, on_idle
+                idle()
     except BaseException:
         _kill_workers(pool)
         raise

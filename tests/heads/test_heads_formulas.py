@@ -5,10 +5,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from heads_reference import bce_reference, ce_written_out, cosines, normalized_ce_reference
 from unimargin import build_head
+from unimargin.heads import bce_loss
 
 
 def _data(B=7, K=5, d=4, seed=3):
@@ -175,3 +177,43 @@ def test_bce_negative_sampling_only_in_training():
     assert 0.15 < ratio.item() < 0.45
     torch.manual_seed(5)
     torch.testing.assert_close(head(f, y).loss, sampled.loss)  # reproducible under a seed
+
+
+def _bce_loss_masked_reference(z, labels, neg_weight, neg_mask=None):
+    """The previous (mask-based) implementation of SPEC §2.7: softplus(−z_y) gathered, softplus(z) masked."""
+    n = max(z.shape[0], 1)
+    positive = torch.zeros_like(z, dtype=torch.bool).scatter(1, labels[:, None], True)
+    pos = F.softplus(-z.gather(1, labels[:, None])).sum() / n
+    neg_terms = F.softplus(z).masked_fill(positive, 0.0)
+    if neg_mask is not None:
+        neg_terms = neg_terms * neg_mask
+    neg = neg_terms.sum() / n
+    return pos + neg_weight * neg, pos, neg
+
+
+@pytest.mark.parametrize("neg_weight", [1.0, 0.3, 2.0])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_bce_loss_signed_equals_masked_formula_float64(neg_weight, masked, scale):
+    """bce_loss (one softplus pass over the signed logits) = the mask-based formula in float64:
+    loss, pos, neg and the gradient, moderate and extreme (|z| ~ 1e4) logits."""
+
+    gen = torch.Generator().manual_seed(int(scale) + masked)
+    B, K = 37, 11
+    z0 = scale * torch.randn(B, K, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, K, (B,), generator=gen)
+    mask = (torch.rand(B, K, generator=gen) < 0.5).double() if masked else None
+    z = z0.clone().requires_grad_()
+    got = bce_loss(z, y, neg_weight, mask)
+    (g,) = torch.autograd.grad(got[0], z)
+    zr = z0.clone().requires_grad_()
+    ref = _bce_loss_masked_reference(zr, y, neg_weight, mask)
+    (gr,) = torch.autograd.grad(ref[0], zr)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12 * scale)
+    torch.testing.assert_close(g, gr, rtol=1e-12, atol=1e-15)
+    # a separate positive logit (the normalized heads' margin) = the mask formula on the shifted z
+    z_pos = z0.gather(1, y[:, None]) - 0.7
+    shifted = z0.scatter(1, y[:, None], z_pos)
+    torch.testing.assert_close(bce_loss(z0, y, neg_weight, mask, z_pos)[0],
+                               _bce_loss_masked_reference(shifted, y, neg_weight, mask)[0], rtol=1e-12, atol=1e-12 * scale)

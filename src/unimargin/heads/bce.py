@@ -16,21 +16,29 @@ _DEFAULT_SCALE = 16.0
 _DEFAULT_MARGIN = 0.0
 
 
-def bce_loss(z: Tensor, labels: Tensor, neg_weight: float, neg_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """mean_i [softplus(−z_{i,y_i}) + λ Σ_{k≠y_i} keep_ik · softplus(z_ik)] (SPEC §2.7).
+def bce_loss(z: Tensor, labels: Tensor, neg_weight: float, neg_mask: Tensor | None = None,
+             z_pos: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """mean_i [softplus(−z⁺_i) + λ Σ_{k≠y_i} keep_ik · softplus(z_ik)] (SPEC §2.7), with
+    z⁺_i = ``z_pos`` (B×1; default z_{i,y_i}: the positive logit, e.g. with a margin).
 
-    softplus is evaluated stably by PyTorch (linear beyond |z| > 20), so losses and
-    gradients stay finite for |z| ≥ 1e4. Returns (loss, pos, neg) with pos/neg the
-    per-sample means of the two parts (neg unweighted).
+    One softplus pass over the "signed" logits (−z⁺ at y_i, z elsewhere): the positive and
+    negative terms are the same function of one B×K tensor, so the loss is one sum (plus
+    one gather for λ ≠ 1), with no mask tensor and no cancellation. softplus is evaluated
+    stably by PyTorch (linear beyond |z| > 20), so losses and gradients stay finite for
+    |z| ≥ 1e4. Returns (loss, pos, neg) with pos/neg the per-sample means of the two parts
+    (neg unweighted; neg = total − pos, a diagnostic).
     """
     n = max(z.shape[0], 1)
-    positive = torch.zeros_like(z, dtype=torch.bool).scatter(1, labels[:, None], True)
-    pos = F.softplus(-z.gather(1, labels[:, None])).sum() / n
-    neg_terms = F.softplus(z).masked_fill(positive, 0.0)
+    index = labels[:, None]
+    if z_pos is None:
+        z_pos = z.gather(1, index)
+    terms = F.softplus(z.scatter(1, index, -z_pos))          # softplus(−z⁺) at y_i, softplus(z_ik) elsewhere
+    pos = terms.gather(1, index).sum()
     if neg_mask is not None:
-        neg_terms = neg_terms * neg_mask
-    neg = neg_terms.sum() / n
-    return pos + neg_weight * neg, pos, neg
+        terms = terms * neg_mask.scatter(1, index, 1.0)       # the positive term is never dropped
+    total = terms.sum()
+    loss = total if neg_weight == 1.0 else neg_weight * total + (1.0 - neg_weight) * pos  # = pos + λ neg
+    return loss / n, pos / n, (total - pos) / n
 
 
 class _BCEHead(Head):
@@ -84,13 +92,13 @@ class _BCEHead(Head):
             return self._zero_output(features, ("pos", "neg"))
         a = self.metric(features)
         logits = a - self.bias  # margin-free: what prediction uses
-        z = logits
+        z_pos = logits.gather(1, labels[:, None])
         if self.normalize and self.margin:
-            z = z.scatter(1, labels[:, None], z.gather(1, labels[:, None]) - self.scale * self.margin)
+            z_pos = z_pos - self.scale * self.margin  # the training margin on the positive logit only
         neg_mask = None
         if self.training and self.neg_rate < 1.0:
-            neg_mask = (torch.rand_like(z) < self.neg_rate).to(z.dtype)
-        loss, pos, neg = bce_loss(z, labels, self.neg_weight, neg_mask)
+            neg_mask = (torch.rand_like(logits) < self.neg_rate).to(logits.dtype)
+        loss, pos, neg = bce_loss(logits, labels, self.neg_weight, neg_mask, z_pos)
         return HeadOutput(loss, logits, {"pos": pos.detach(), "neg": neg.detach()})
 
     def extra_repr(self) -> str:

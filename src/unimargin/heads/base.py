@@ -259,4 +259,6 @@ class LinearHead(Head):
 
 def cross_entropy_mean(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean CE over the local batch; 0 (still in the graph) for an empty batch."""
-    return F.cross_entropy(logits, labels, reduction="sum") / max(labels.shape[0], 1)
+    if labels.shape[0] == 0:  # reduction="mean" would give 0/0 = NaN
+        return F.cross_entropy(logits, labels, reduction="sum")
+    return F.cross_entropy(logits, labels)

@@ -40,17 +40,20 @@ class _NormalizedHead(Head):
     def _raw_scores(self, features: Tensor) -> Tensor:
         return self.scale * cosine_matrix(features, self.weight)
 
-    def _positive_cos(self, cos_y: Tensor) -> Tensor:
-        return cos_y
+    #: the training logit of the true class is s·_positive_cos(cos θ_y); None: no margin (normface)
+    _positive_cos = None
 
     def _loss(self, features: Tensor, labels: Tensor) -> HeadOutput:
         if features.shape[0] == 0:
             return self._zero_output(features, ("ce",))
         cos = cosine_matrix(features, self.weight)
-        cos_y = cos.gather(1, labels[:, None])
-        train_cos = cos.scatter(1, labels[:, None], self._positive_cos(cos_y))
-        ce = cross_entropy_mean(self.scale * train_cos, labels)
-        return HeadOutput(ce, self.scale * cos, {"ce": ce.detach()})
+        logits = self.scale * cos  # margin-free: what prediction uses
+        train_logits = logits
+        if self._positive_cos is not None:  # only the B positive entries change: one gather + scatter
+            index = labels[:, None]
+            train_logits = logits.scatter(1, index, self.scale * self._positive_cos(cos.gather(1, index)))
+        ce = cross_entropy_mean(train_logits, labels)
+        return HeadOutput(ce, logits, {"ce": ce.detach()})
 
 
 @register_head('normface', recommended=CE_FAMILY)

@@ -1,0 +1,140 @@
+"""Optional compiled kernel for the separability AUC counts (SPEC §3.5; ``rank_kernel.c``).
+
+:func:`count` returns Σ_x (2·#{positives > x} + #{positives = x}) over every score x of a
+score matrix, exactly (int64), in one read of the scores and without sorting them: each
+score is ranked among the sorted distinct positives through a monotone bucket table, with
+exact comparisons only inside its own bucket; scores are first grouped by value range so
+the table slice and the positives they meet stay in cache (the C file explains both).
+:func:`unimargin.metrics.uniform._separability_unchecked` turns the count into the AUC; its
+numpy sort is the reference and the fallback.
+
+Built on first use with the system C compiler by :func:`unimargin._native.build.load_native`
+(private cache directory, SHA-256 checked before loading; ``UNIMARGIN_CPU_KERNEL=0``
+disables it). Without a compiler, inside :func:`disabled`, or for inputs it does not take
+(:func:`usable`), the numpy implementation runs. Threads: ``torch.get_num_threads()``
+(pthreads over contiguous parts of the scores, as many as torch itself would use).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .build import load_native
+
+SOURCE = Path(__file__).with_name("rank_kernel.c")
+FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
+# -march=native enables the AVX-512 masked compares (a compiler that rejects it builds the
+# portable loop); the cache key includes the CPU's identity
+NATIVE_FLAGS = ("-march=native",)
+DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+# buckets grouped into one range buffer: 2^RSHIFT table entries (4 KB) per range (measured best
+# of 8-14 at 1e6 positives: the range's table and values stay in L1/L2)
+RSHIFT = 10
+MAX_BUCKETS = 1 << 22
+LANES = 32        # rank_kernel.c: longer buckets are binary-searched by the scalar loop
+L2_BYTES = 1 << 20
+
+_lock = threading.Lock()
+_state: dict = {"lib": None, "status": None}
+_local = threading.local()
+
+
+def status() -> str:
+    """'compiled: <path>', or why the numpy implementation is used instead."""
+    load()
+    return _state["status"]
+
+
+def load() -> ctypes.CDLL | None:
+    """The loaded kernel library (built on first call), or None if unavailable."""
+    if _state["status"] is not None:
+        return _state["lib"]
+    with _lock:
+        if _state["status"] is None:
+            _state["lib"], _state["status"] = load_native("rank_kernel", SOURCE, FLAGS, _declare,
+                                                          optional_flags=NATIVE_FLAGS)
+    return _state["lib"]
+
+
+def reset() -> None:
+    """Forget the loaded state (the next :func:`load` checks the environment again)."""
+    with _lock:
+        _state["lib"], _state["status"] = None, None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Use the numpy implementation inside this block, in this thread (A/B comparisons, tests)."""
+    _local.off = getattr(_local, "off", 0) + 1
+    try:
+        yield
+    finally:
+        _local.off -= 1
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        build = getattr(lib, f"rank_build_{suffix}")
+        build.argtypes = [ptr, long_, real, real, long_, ptr]
+        build.restype = None
+        run = getattr(lib, f"rank_count_{suffix}")
+        run.argtypes = [ptr, long_, ptr, ptr, ptr, long_, long_, real, real, long_, int_, int_, int_, int_]
+        run.restype = ctypes.c_int64
+
+
+def usable(values: np.ndarray, npos: int) -> bool:
+    """Whether :func:`count` takes these scores: float32/float64, fewer than 2^31 positives
+    (uint32 ranks), not :func:`disabled`, and a kernel built."""
+    if values.dtype not in DTYPES or npos >= 2**31 or getattr(_local, "off", 0):
+        return False
+    return load() is not None
+
+
+def count(values: np.ndarray, positives: np.ndarray, threads: int | None = None) -> int:
+    """Σ_x (2·#{p > x} + #{p = x}) over all ``values`` x, for the sorted ``positives`` p
+    (same dtype as ``values``, −0.0 already made +0.0; ±0.0 in ``values`` compare equal).
+
+    The distinct positives d_k and c_k = #{p < d_k} give the count of one x as
+    2·npos − c_j − c_{j+e} (j = #{d < x}, e = [d_j = x]); see ``rank_kernel.c``.
+    """
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"rank kernel not available ({status()})")
+    values = np.ascontiguousarray(values).reshape(-1)
+    npos = positives.size
+    new = np.empty(npos, dtype=bool)
+    new[0] = True
+    np.not_equal(positives[1:], positives[:-1], out=new[1:])
+    first = np.flatnonzero(new)                    # index of each distinct value in positives
+    d = np.ascontiguousarray(positives[first])
+    ties = first.size < npos
+    c = np.append(first, npos).astype(np.uint32)   # c_k = #{p < d_k}; c_nd = npos
+    nd = d.size
+    # about one bucket per distinct value: a bucket then holds 0-3 of them, rarely > 32
+    nb = int(min(MAX_BUCKETS, max(64, 1 << int(nd - 1).bit_length())))
+    real = values.dtype.type
+    pmin, pmax = d[0], d[-1]
+    # scale > 0 and finite (float32: computed in float64 then rounded; any positive scale
+    # keeps the map monotone, which is all exactness needs)
+    span = float(pmax) - float(pmin)
+    info = np.finfo(real)
+    scale = real(min(max(nb / span, float(info.tiny)), float(info.max))) if span > 0 else real(1.0)
+    start = np.empty(nb + 3, dtype=np.uint32)
+    suffix = DTYPES[values.dtype]
+    getattr(lib, f"rank_build_{suffix}")(d.ctypes.data, nd, pmin, scale, nb, start.ctypes.data)
+    threads = torch.get_num_threads() if threads is None else threads
+    long_buckets = int(np.diff(start).max()) > LANES
+    # everything the ranking reads fits in L2: rank in place, no range buffers
+    small = start.nbytes + d.nbytes + (c.nbytes if ties else 0) <= L2_BYTES
+    total = getattr(lib, f"rank_count_{suffix}")(
+        values.ctypes.data, values.size, d.ctypes.data, c.ctypes.data, start.ctypes.data, nd, npos,
+        pmin, scale, nb, 62 if small else RSHIFT, int(ties), int(long_buckets), int(threads))
+    if total < 0:
+        raise MemoryError("rank kernel: could not allocate its range buffers")
+    return int(total)

@@ -65,6 +65,38 @@ def lmdl_loop_loss(head, f, y):
     return ce + head.disc_weight * disc
 
 
+FLOORS = ("floor-lmdl", "floor-norm", "floor-bce")
+
+
+def floor_steps(feats, labels, K, d, make_step) -> dict:
+    """Arithmetic floors: plain linear + CE plus only the extra passes a head cannot avoid,
+    in native PyTorch ops (no head code):
+
+    - floor-lmdl: + the P×K×d Gram W_p Wᵀ over the P present classes (no gradient), the one
+      extra product of the present-class step (its other work is O(B·d + B·K + P·K));
+    - floor-norm: the CE of s·cos (normalise f (B×d) and W (K×d), forward and backward,
+      then the same matmul and CE as plain): normface's arithmetic;
+    - floor-bce: linear + mean over B·K of softplus (one transcendental pass, like plain's
+      log-softmax) minus the positive logits: bce's arithmetic without the signed copy."""
+    linear, wn, bl = torch.nn.Linear(d, K), torch.nn.Linear(d, K, bias=False), torch.nn.Linear(d, K, bias=False)
+    present = torch.unique(labels)
+
+    def lmdl_floor(f):
+        with torch.no_grad():
+            torch.mm(linear.weight.index_select(0, present), linear.weight.t())
+        return F.cross_entropy(linear(f), labels)
+
+    def norm_floor(f):
+        return F.cross_entropy(16.0 * F.linear(F.normalize(f, dim=1), F.normalize(wn.weight, dim=1)), labels)
+
+    def bce_floor(f):
+        z = bl(f)
+        return (F.softplus(z).sum() - z.gather(1, labels[:, None]).sum()) / f.shape[0]
+
+    return {"floor-lmdl": make_step(lmdl_floor, linear), "floor-norm": make_step(norm_floor, wn),
+            "floor-bce": make_step(bce_floor, bl)}
+
+
 def _timed(step) -> tuple[float, float]:
     """(wall, CPU) seconds of one call. CPU time (all threads of this process) is not
     inflated when other jobs preempt us, which on a loaded machine hits long steps more
@@ -91,12 +123,17 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
     heads = {}
     for name in list_heads():
         heads[name] = build_head(name, K, d)
+        heads[name].validate = False  # the engine's steady state (it validates the first step of each epoch)
         steps[name] = make_step(lambda f, h=heads[name]: h(f, labels).loss, heads[name])
-    def lmdl_pytorch(f, h=build_head("lmdl", K, d)):
-        with lmdl_kernel.disabled():
-            return h(f, labels).loss
+    lmdl_off = build_head("lmdl", K, d)
+    lmdl_off.validate = False
 
-    steps["lmdl-pytorch"] = make_step(lmdl_pytorch, lmdl_pytorch.__defaults__[0])
+    def lmdl_pytorch(f):
+        with lmdl_kernel.disabled():
+            return lmdl_off(f, labels).loss
+
+    steps["lmdl-pytorch"] = make_step(lmdl_pytorch, lmdl_off)
+    steps.update(floor_steps(feats, labels, K, d, make_step))
     wall = {k: [] for k in steps}
     cpu = {k: [] for k in steps}
     for r in range(warmup + repeats):
@@ -131,6 +168,7 @@ def bench_crossover(threads_list, repeats=9):
             gen = torch.Generator().manual_seed(0)
             feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
             linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
+            head.validate = False
 
             def step(module, loss_fn):
                 module.zero_grad(set_to_none=True)
@@ -184,7 +222,7 @@ def main(argv=None):
     threads_list = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
     configs = QUICK if args.quick else CONFIGS
-    names = list_heads() + ["lmdl-pytorch"]
+    names = list_heads() + ["lmdl-pytorch", *FLOORS]
     repeats = args.repeats or (3 if args.quick else 7)
     sections = []
     for threads in threads_list:
@@ -215,9 +253,13 @@ timed in its own round-robin after the main one (the loop's allocations leave th
 method's caches cold, which made plain look slower when it ran in the same rotation).
 The machine is shared with other jobs (2 cores): the load average is given per table.
 
-`lmdl` is the head as shipped (dispatch `step_path` in heads/lmdl/head.py; CPU kernel:
-{lmdl_kernel.status()}); `lmdl-pytorch` the same head with the kernel disabled
-(`lmdl_kernel.disabled()`: what runs on a GPU or without a compiler).
+Heads run with `validate=False`, the engine's steady state (it checks input values on the
+first step of each epoch only: two `aminmax` reads). `lmdl` is the head as shipped
+(dispatch `step_path` in heads/lmdl/head.py; CPU kernel: {lmdl_kernel.status()});
+`lmdl-pytorch` the same head with the kernel disabled (`lmdl_kernel.disabled()`: what runs
+on a GPU or without a compiler). `floor-*` are arithmetic floors in plain PyTorch ops
+(`floor_steps`): plain + the lmdl Gram W_p Wᵀ; the CE of s·cos (normalising f and W);
+linear + a softplus BCE.
 
 {body}
 

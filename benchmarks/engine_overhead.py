@@ -7,8 +7,11 @@
 2. One full training step (forward backbone + head, backward, SGD step) with lmdl and
    bce-u vs softmax on the same backbone and batch. Target: <= 1.15.
 3. One engine epoch with the previous defaults (per-epoch evaluation of 10 000 images at
-   batch 1024, contiguous NCHW) vs the current ones (validation split at batch 256,
-   channels_last for 2-D convolutions): same seed, same training steps. Target: <= 0.6.
+   batch 1024, contiguous NCHW, glibc's default allocator thresholds) vs the current ones
+   (validation split at batch 256, channels_last for 2-D convolutions, freed memory kept
+   for reuse: ``engine.keep_freed_memory``): same seed, same training steps. Target: <= 0.6.
+   Every epoch of this section runs in a fresh process (``--child``): the allocator setting
+   is process-wide, so "previous" and "current" cannot share one.
 
 Fashion-MNIST (cnn) when its files are installed, else MNIST-1D (cnn1d). Single thread;
 repetitions are interleaved and the minimum is taken, because the machine is shared.
@@ -40,6 +43,14 @@ from unimargin.train.seeding import epoch_generator
 
 FEAT_DIM = 64
 BATCH = 128
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " / ".join(fh.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def pick_dataset():
@@ -86,6 +97,36 @@ def engine_epoch(dataset, model_name, head_name, limit, lr, seed, out, **options
     return rec["train_time_s"], rec["time_s"] - rec["train_time_s"], summary["runtime_s"]
 
 
+def child_epoch(spec: str) -> None:
+    """``--child NAME:JSON``: one engine epoch of section 3 in this fresh process; prints
+    its times and test SW as JSON. ``previous: true`` = the engine before keep_freed_memory."""
+    import json
+
+    name, options = spec.split(":", 1)
+    options = json.loads(options)
+    if options.pop("previous", False):
+        import unimargin.train.engine as engine
+
+        engine.keep_freed_memory = lambda: False
+    dataset, model_name, limit, out = (options.pop(k) for k in ("dataset", "model", "limit", "out"))
+    load_dataset(dataset)  # the files are read (and cached) before the CPU clock starts
+    cpu = time.process_time()
+    t_train, t_eval, _ = engine_epoch(dataset, model_name, "softmax", limit, 0.01, 0, out, **options)
+    cpu = time.process_time() - cpu
+    with open(os.path.join(out, "summary.json")) as fh:
+        sw = json.load(fh)["final"]["sw"]
+    print(json.dumps({"name": name, "train": t_train, "eval": t_eval, "cpu": cpu, "sw": sw}))
+
+
+def run_child(name: str, options: dict) -> dict:
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                           f"{name}:{json.dumps(options)}"], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def step_times(dataset, model_name, heads, steps, reps):
     splits = load_dataset(dataset)
     x, y = splits.x_train[:BATCH], splits.y_train[:BATCH]
@@ -122,8 +163,17 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "engine.md"))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.child:
+        return child_epoch(args.child)
+    # sections 1-2: the hand loop gets the engine's allocator setting too (it is process-wide
+    # once train() ran): they measure the loop, not malloc
+    from unimargin.train.engine import keep_freed_memory
+
+    keep_freed_memory()
+    load_start = _loadavg()
     dataset, model_name = pick_dataset()
     lr = 0.01
     hand, eng, eng_eval = [], [], []
@@ -142,21 +192,21 @@ def main(argv=None):
         # previous engine's per-epoch evaluation of the 10 000 test images (a validation
         # split of that size stands in for them: a different training subset, see note)
         n_full = load_dataset(dataset).x_train.shape[0]
-        variants = (("before", dict(eval_batch_size=1024, channels_last=False)),
+        variants = (("before", dict(eval_batch_size=1024, channels_last=False, previous=True)),
                     ("after", {}),
-                    ("before_10k", dict(eval_batch_size=1024, channels_last=False,
+                    ("before_10k", dict(eval_batch_size=1024, channels_last=False, previous=True,
                                         val_fraction=10000 / n_full)))
         times = {name: [] for name, _ in variants}
+        cpus = {name: [] for name, _ in variants}
         acc = {}
-        import json
 
         for r in range(args.reps):
             for name, options in variants:
-                t_train, t_eval, _ = engine_epoch(dataset, model_name, "softmax", args.limit_train,
-                                                  lr, 0, os.path.join(tmp, name), **options)
-                times[name].append((t_train, t_eval))
-                with open(os.path.join(tmp, name, "summary.json")) as fh:
-                    acc[name] = json.load(fh)["final"]["sw"]
+                got = run_child(name, dict(options, dataset=dataset, model=model_name,
+                                           limit=args.limit_train, out=os.path.join(tmp, name)))
+                times[name].append((got["train"], got["eval"]))
+                cpus[name].append(got["cpu"])
+                acc[name] = got["sw"]
             print(f"rep {r}: " + ", ".join(f"{n} {sum(times[n][-1]):.2f}s" for n in times), file=sys.stderr)
     heads = ["softmax", "lmdl", "bce-u"]
     steps = step_times(dataset, model_name, heads, args.steps, args.reps)
@@ -169,7 +219,8 @@ def main(argv=None):
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), torch "
         f"{torch.__version__}, 1 thread. Dataset {dataset} ({args.limit_train} training samples), "
         f"backbone {model_name}, feat_dim {FEAT_DIM}, batch {BATCH}, SGD. Minimum over "
-        f"{args.reps} interleaved repetitions.",
+        f"{args.reps} interleaved repetitions. Load average (1/5/15 min) {load_start} at the start, "
+        f"{_loadavg()} at the end.",
         "",
         "## 1. One training epoch: engine vs hand-written loop (softmax head)",
         "",
@@ -206,13 +257,20 @@ def main(argv=None):
         "",
         "| defaults | training (s) | per-epoch evaluation + checkpoint (s) | epoch (s) | ratio | test SW |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| previous engine settings: evaluation batch 1024, NCHW | {b[0]:.3f} | {b[1]:.3f} | "
+        f"| previous engine settings: evaluation batch 1024, NCHW, default malloc | {b[0]:.3f} | {b[1]:.3f} | "
         f"{b[2]:.3f} | 1.000 | {100 * acc['before']:.2f} % |",
-        f"| current: evaluation batch 256, channels_last | {a[0]:.3f} | {a[1]:.3f} | {a[2]:.3f} | "
+        f"| current: evaluation batch 256, channels_last, freed memory kept | {a[0]:.3f} | {a[1]:.3f} | {a[2]:.3f} | "
         f"{a[2] / b[2]:.3f} | {100 * acc['after']:.2f} % |",
-        f"| previous engine: 10 000 images evaluated per epoch at batch 1024, NCHW | {old10k[0]:.3f} | "
+        f"| previous engine: 10 000 images evaluated per epoch at batch 1024, NCHW, default malloc | {old10k[0]:.3f} | "
         f"{old10k[1]:.3f} | {old10k[2]:.3f} | {a[2] / old10k[2]:.3f} (current / this) | "
         f"{100 * acc['before_10k']:.2f} % |",
+        "",
+        f"CPU time of the whole 1-epoch `train()` call (process time: setup, the epoch, its "
+        f"evaluation and checkpoint, the final test evaluation; less sensitive to the load than "
+        f"the wall times above), minimum over the repetitions: previous {min(cpus['before']):.2f} s, "
+        f"current {min(cpus['after']):.2f} s ({min(cpus['after']) / min(cpus['before']):.3f}x), "
+        f"previous with 10 000 images per epoch {min(cpus['before_10k']):.2f} s "
+        f"({min(cpus['after']) / min(cpus['before_10k']):.3f}x).",
         "",
         "Rows 1 and 2 train on the same data with the same seed and steps; channels_last is the "
         "same arithmetic in another memory order (not bit-identical), so their test SW differ by "

@@ -3,17 +3,21 @@
 - ``uniform_accuracy`` on N = 1e6 samples, K = 100 classes (float32 scores), as a ratio to
   ``scores.max(1)`` (values + indices, one pass over the score matrix) and, for honesty,
   also to ``scores.amax(1)`` (values only, the fastest possible pass).
-- ``separability_auc`` on the same N = 1e6 × K = 100 float32 scores, as a ratio to
-  ``uniform_accuracy`` (target of issues 11/16: <= 2x) and to the previous implementation
-  (a boolean N×K mask, the N(K−1) negatives copied out and sorted, binary searches), with
-  the peak resident memory each adds above the input.
+- ``separability_auc`` (compiled rank kernel) on N = 1e6 × K = 100 scores, as a ratio to
+  ``uniform_accuracy`` on the same scores (target of issue 11: <= 2x), at 1 and 2 threads,
+  on four inputs: (a) trained-like (randn, +4 at the label), (b) randn everywhere (full
+  overlap), (c) heavy ties (rounded to 0.01, +1 at the label), (d) float64 (+2 at the
+  label); with the numpy fallback (``_separability_numpy``: one sort of the N·K order keys,
+  1 thread, timed once) and the peak resident memory each adds above the input.
 - ``verification`` on N = 1e4 features of dimension d = 128, as a ratio to one pass over
   the features (``f.norm(dim=1)``) and to one plain N×N similarity matrix
   (``f̂ @ f̂.T``, the cheapest way to touch every pair once). Default ``max_pairs``
   (2e6 sampled pairs) and, once, the exact all-pairs mode (~5e7 pairs, blocked).
 
 Every candidate is timed round-robin with its references (machine load hits all alike);
-the table reports medians. Single thread (``torch.set_num_threads(1)``).
+the table reports medians. Single thread (``torch.set_num_threads(1)``) except the
+separability rows marked 2 threads (the kernel uses ``torch.get_num_threads()`` pthreads,
+uniform_accuracy torch's intra-op threads).
 
     python benchmarks/metrics_speed.py            # writes benchmarks/results/metrics.md
     python benchmarks/metrics_speed.py --quick    # small smoke run, nothing written
@@ -35,8 +39,7 @@ import torch
 
 from unimargin.metrics import (positive_negative, separability_auc, uniform_accuracy,
                                verification)
-from unimargin.metrics import _ranking
-from unimargin.metrics.uniform import _uniform_from_pn
+from unimargin.metrics.uniform import _separability_numpy, _uniform_from_pn
 
 
 NOTES = """Notes. `scores.max(1)` (values + indices) is the reference the issue names; `amax(1)`
@@ -84,13 +87,6 @@ def bench_uniform(n: int, k: int, repeats: int):
     return t, f"SW {res.sw:.4f}, CW {res.cw:.4f}, Uni {res.uni:.4f}, t* {res.threshold:.4f}"
 
 
-def _old_separability(scores, labels) -> float:
-    """The implementation before issue 16 (kept here only to measure against)."""
-    is_pos = torch.zeros(scores.shape, dtype=torch.bool)
-    is_pos.scatter_(1, labels[:, None], True)
-    return _ranking.auc(scores[is_pos], scores[~is_pos])
-
-
 def _peak_extra_mb(fn) -> float:
     """Peak resident memory (MB) ``fn`` adds above the current resident set (Linux:
     /proc/self/clear_refs resets the high-water mark)."""
@@ -108,27 +104,59 @@ def _peak_extra_mb(fn) -> float:
     return status("VmHWM") - base
 
 
-def bench_separability(n: int, k: int, repeats: int, old: bool):
+SEPARABILITY_CASES = {
+    "a": "trained-like: randn, +4 at the label (float32)",
+    "b": "randn everywhere, full overlap (float32)",
+    "c": "heavy ties: rounded to 0.01, +1 at the label (float32)",
+    "d": "float64: randn, +2 at the label",
+}
+
+
+def separability_scores(case: str, n: int, k: int):
+    """The benchmark inputs (a)-(d) of :data:`SEPARABILITY_CASES`."""
     g = torch.Generator().manual_seed(0)
-    scores = torch.randn(n, k, generator=g)
+    scores = torch.randn(n, k, generator=g, dtype=torch.float64 if case == "d" else torch.float32)
     labels = torch.randint(0, k, (n,), generator=g)
-    scores[torch.arange(n), labels] += 2.0             # positives overlap the negatives
-    named = {
-        "uniform_accuracy": lambda: uniform_accuracy(scores, labels),
-        "separability_auc": lambda: separability_auc(scores, labels),
-    }
-    if old:
-        named["previous separability_auc (mask + copy)"] = lambda: _old_separability(scores, labels)
-    t = round_robin(named, repeats)
-    mem = {name: _peak_extra_mb(fn) for name, fn in named.items()}
-    new = separability_auc(scores, labels)
-    note = f"AUC {new:.10f}"
-    if old:
-        note += f" (previous implementation: {_old_separability(scores, labels):.10f})"
-    input_mb = scores.numel() * scores.element_size() / 2**20
-    note += "; peak extra resident memory (MB, input = %.0f MB): " % input_mb + ", ".join(
-        f"{name} {mb:.0f}" for name, mb in mem.items())
-    return t, note
+    rows = torch.arange(n)
+    if case == "a":
+        scores[rows, labels] += 4.0
+    elif case == "c":
+        scores = torch.round(scores * 100) / 100
+        scores[rows, labels] += 1.0
+    elif case == "d":
+        scores[rows, labels] += 2.0
+    return scores, labels
+
+
+def bench_separability(n: int, k: int, repeats: int):
+    """Rows per (case, threads): uniform_accuracy and separability_auc round-robin on the same
+    scores; the numpy fallback once per case at 1 thread; peak extra memory at 1 thread."""
+    rows, notes = [], []
+    for case, title in SEPARABILITY_CASES.items():
+        scores, labels = separability_scores(case, n, k)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            t = round_robin({"uniform_accuracy": lambda: uniform_accuracy(scores, labels),
+                             "separability_auc": lambda: separability_auc(scores, labels)}, repeats)
+            load = os.getloadavg()[0]
+            rows.append((case, threads, t["uniform_accuracy"], t["separability_auc"], load))
+        torch.set_num_threads(1)
+        fallback = _timed(lambda: _separability_numpy(scores, labels))
+        mem_kernel = _peak_extra_mb(lambda: separability_auc(scores, labels))
+        mem_uni = _peak_extra_mb(lambda: uniform_accuracy(scores, labels))
+        mem_numpy = _peak_extra_mb(lambda: _separability_numpy(scores, labels))
+        auc, ref = separability_auc(scores, labels), _separability_numpy(scores, labels)
+        if auc != ref:
+            raise AssertionError(f"case {case}: kernel {auc!r} != numpy {ref!r}")
+        notes.append(f"({case}) {title}: AUC {auc:.10f} (numpy fallback identical); numpy fallback "
+                     f"{fallback:.2f} s at 1 thread ({fallback / rows[-2][2]:.1f}x uniform_accuracy); "
+                     f"peak extra resident memory (MB, input {scores.numel() * scores.element_size() / 2**20:.0f}): "
+                     f"kernel {mem_kernel:.0f}, uniform_accuracy {mem_uni:.0f}, numpy fallback {mem_numpy:.0f}")
+    lines = ["| input | threads | uniform_accuracy (s) | separability_auc (s) | ratio | load (1 min) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for case, threads, tu, ts, load in rows:
+        lines.append(f"| ({case}) | {threads} | {tu:.3f} | {ts:.3f} | {ts / tu:.2f}x | {load:.1f} |")
+    return "\n".join(lines), notes
 
 
 def bench_verification(n: int, d: int, k: int, repeats: int, exact: bool):
@@ -178,7 +206,8 @@ def main(argv=None) -> int:
 
     load_before = os.getloadavg()[0]
     t_u, note_u = bench_uniform(n_u, 100, repeats)
-    t_s, note_s = bench_separability(n_u, 100, repeats, old=True)
+    table_s, notes_s = bench_separability(n_u, 100, repeats)
+    torch.set_num_threads(1)
     t_v, note_v = bench_verification(n_v, 128, 100, repeats, exact=not args.quick)
     md = [
         "# Metrics speed (benchmarks/metrics_speed.py)", "",
@@ -186,9 +215,8 @@ def main(argv=None) -> int:
         f"median of {repeats} round-robin repeats (shared machine: expect noise).", "",
         table(f"uniform_accuracy, N = {n_u:,}, K = 100 (float32)", t_u, ["scores.max(1)", "scores.amax(1)"]),
         "", f"Result: {note_u}.", "",
-        table(f"separability_auc, N = {n_u:,}, K = 100 (float32)", t_s,
-              ["uniform_accuracy", "previous separability_auc (mask + copy)"]),
-        "", f"Result: {note_s}.", "",
+        f"### separability_auc vs uniform_accuracy, N = {n_u:,}, K = 100", "", table_s, "",
+        *[f"- {note}." for note in notes_s], "",
         table(f"verification, N = {n_v:,}, d = 128, 100 classes", t_v,
               ["features pass (f.norm(dim=1))", "plain N×N similarity matrix"]),
         "", f"Result: {note_v}.", "",

@@ -130,7 +130,7 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
     return failed ? -1 : sum;                                                                     \
 }
 
-/* 16 scores at a time (AVX-512, float32): bucket, two gathers from the table, then one
+/* 16 float32 (8 float64) scores at a time (AVX-512): bucket, two gathers from the table, then one
  * masked gather per step along the bucket's sorted distinct values; a lane stops at its first
  * value >= x, so the step count is the largest j + 1 of the 16 lanes (buckets hold ~1 value
  * on average). Lanes whose bucket holds more than LANES values are left to the scalar loop's
@@ -185,7 +185,51 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
 #else
 #define VECTOR_BLOCK_f32
 #endif
+#if defined(__AVX512F__)
+#define VECTOR_BLOCK_f64                                                                          \
+    if (jb->long_buckets == 0) {                                                                  \
+        const __m512d vpmin = _mm512_set1_pd(pmin), vscale = _mm512_set1_pd(scale);              \
+        const __m512d vnb = _mm512_set1_pd((double)nb), vzero = _mm512_setzero_pd();             \
+        const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32((int)nb + 1);          \
+        __m512i acc = _mm512_setzero_si512();                                                     \
+        int64_t eqs = 0;                                                                          \
+        for (; i + 8 <= n; i += 8) {                                                              \
+            const __m512d v = _mm512_loadu_pd(xs + i);                                            \
+            const __m512d t = _mm512_mul_pd(_mm512_sub_pd(v, vpmin), vscale);                     \
+            const __mmask8 ge0 = _mm512_cmp_pd_mask(t, vzero, _CMP_GE_OQ);                        \
+            const __mmask8 gen = _mm512_cmp_pd_mask(t, vnb, _CMP_GE_OQ);                          \
+            __m256i bi = _mm256_maskz_add_epi32(ge0, _mm512_cvttpd_epi32(t), one);                \
+            bi = _mm256_mask_mov_epi32(bi, gen, top);                                             \
+            const __m256i lo = _mm256_i32gather_epi32((const int *)start, bi, 4);                 \
+            const __m256i hi = _mm256_i32gather_epi32((const int *)start, _mm256_add_epi32(bi, one), 4); \
+            const __m256i m = _mm256_sub_epi32(hi, lo);                                           \
+            __m256i j = _mm256_setzero_si256();                                                   \
+            __mmask8 act = _mm256_cmpgt_epi32_mask(m, j), eq = 0;                                 \
+            while (act) {                                                                         \
+                const __m512d dv = _mm512_mask_i32gather_pd(v, act, _mm256_add_epi32(lo, j), d, 8); \
+                const __mmask8 lt = _mm512_mask_cmp_pd_mask(act, dv, v, _CMP_LT_OQ);             \
+                eq |= _mm512_mask_cmp_pd_mask(act, dv, v, _CMP_EQ_OQ);                            \
+                j = _mm256_mask_add_epi32(j, lt, j, one);                                         \
+                act = _mm256_mask_cmpgt_epi32_mask(lt, m, j);                                     \
+            }                                                                                     \
+            __m256i r = _mm256_add_epi32(lo, j);                                                  \
+            if (jb->ties) {                                                                       \
+                const __m256i cj = _mm256_i32gather_epi32((const int *)c, r, 4);                  \
+                const __m256i ce = _mm256_i32gather_epi32((const int *)c,                         \
+                                                          _mm256_mask_add_epi32(r, eq, r, one), 4); \
+                acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(cj));                           \
+                acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(ce));                           \
+            } else {                                                                              \
+                r = _mm256_add_epi32(r, r);        /* 2*(lo + j) < 2^32: unsigned */              \
+                acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(r));                            \
+                eqs += __builtin_popcount(eq);                                                    \
+            }                                                                                     \
+        }                                                                                         \
+        sub += _mm512_reduce_add_epi64(acc) + eqs;                                                \
+    }
+#else
 #define VECTOR_BLOCK_f64
+#endif
 
 DEFINE_KERNEL(float, f32)
 DEFINE_KERNEL(double, f64)

@@ -24,29 +24,35 @@ from unimargin.report.verdict import (BETTER, DEPLOY_COST_OK, WORSE, Comparison,
 
 UNIFACE = "bce-u (normalized, s=16, m=0.35)"
 
-# label -> (compare directories under RUNS_DIR, {directory: {head: new name}})
-SECTIONS: dict[str, tuple[list[str], dict[str, dict[str, str]]]] = {
-    "MNIST-1D": (["mnist1d_tuned"], {}),
-    "Fashion-MNIST": (["fashion_tuned", "fashion_uniface"], {"fashion_uniface": {"bce-u": UNIFACE}}),
-    "MNIST 5k": (["mnist5k_tuned"], {}),
-    "Fashion-MNIST, imbalance 0.1": (["fashion_imb0.1"], {}),
-    "Fashion-MNIST, imbalance 0.01": (["fashion_imb0.01"], {}),
-    "Fashion-MNIST, label noise 0.2": (["fashion_noise0.2"], {}),
-    "MNIST-1D, LMDL recipe (shared SGD 0.001)": (["mnist1d_recipe_shared"], {}),
-    "MNIST-1D, LMDL recipe, lr tuned": (["mnist1d_recipe_tuned"], {}),
+# label -> (compare directories under RUNS_DIR, {directory: {head: new name}}, heads kept or None = all).
+# The Holm family of a claim is the heads of its section compared with the same baseline, as in
+# that compare's own report; the UniFace section pairs the normalized bce-u run (its own compare,
+# same seeds and splits, the softmax runs reused) with softmax and cosface only.
+SECTIONS: dict[str, tuple[list[str], dict[str, dict[str, str]], set[str] | None]] = {
+    "MNIST-1D": (["mnist1d_tuned"], {}, None),
+    "Fashion-MNIST": (["fashion_tuned"], {}, None),
+    "Fashion-MNIST, UniFace form": (["fashion_uniface", "fashion_tuned"], {"fashion_uniface": {"bce-u": UNIFACE}},
+                                    {"softmax", UNIFACE, "cosface"}),
+    "MNIST 5k": (["mnist5k_tuned"], {}, None),
+    "Fashion-MNIST, imbalance 0.1": (["fashion_imb0.1"], {}, None),
+    "Fashion-MNIST, imbalance 0.01": (["fashion_imb0.01"], {}, None),
+    "Fashion-MNIST, label noise 0.2": (["fashion_noise0.2"], {}, None),
+    "MNIST-1D, LMDL recipe (shared SGD 0.001)": (["mnist1d_recipe_shared"], {}, None),
+    "MNIST-1D, LMDL recipe, lr tuned": (["mnist1d_recipe_tuned"], {}, None),
 }
 
 
-def section_records(runs_dir: Path, directories: list[str], renames: dict[str, dict[str, str]]) -> list[RunRecord]:
-    """Records of the section's directories; a head seen in an earlier directory (the shared
-    softmax baseline, identical runs) is not taken twice."""
+def section_records(runs_dir: Path, directories: list[str], renames: dict[str, dict[str, str]],
+                    keep: set[str] | None = None) -> list[RunRecord]:
+    """Records of the section's directories (heads in ``keep`` only, if given); a head seen in
+    an earlier directory (the shared softmax baseline, identical runs) is not taken twice."""
     records: list[RunRecord] = []
     for name in directories:
         rename = renames.get(name, {})
         taken = {r.head for r in records}
         for record in read_records(runs_dir / name):
             head = rename.get(record.head, record.head)
-            if head in taken:
+            if head in taken or (keep is not None and head not in keep):
                 continue
             records.append(replace(record, head=head))
     return records
@@ -76,14 +82,15 @@ def claim_row(claim: str, section: str, comparison: Comparison, holds_when: str)
             f"{'yes' if holds else 'no'} |")
 
 
-def deploy_row(claim: str, section: str, records: list[RunRecord], head: str) -> str:
-    """Uni at the test-optimal t* minus Uni at the deployed threshold (the learned bias for
-    bce-u; validation t* otherwise): deployable when the mean cost is within 1 point."""
+def deploy_row(claim: str, section: str, records: list[RunRecord], head: str, key: str) -> str:
+    """Uni at a deployable threshold minus Uni at the test-optimal t*: ``key`` is
+    ``uni_at_learned`` (the head's learned bias, [BCE]'s claim) or ``uni_deployed`` (t* of the
+    validation split); it deploys when the mean cost is within 1 point (DEPLOY_COST_OK)."""
     runs = [r for r in completed_runs(records) if r.head == head
-            and r.value("uni") is not None and r.value("uni_deployed") is not None]
+            and r.value("uni") is not None and r.value(key) is not None]
     if not runs:
         return f"| {claim} | {section} | — | — | 0 | not run | — |"
-    cost = paired_t_test([r.value("uni") for r in runs], [r.value("uni_deployed") for r in runs])
+    cost = paired_t_test([r.value("uni") for r in runs], [r.value(key) for r in runs])
     worst = max(cost.differences)
     ok = cost.mean_difference <= DEPLOY_COST_OK
     return (f"| {claim} | {section} | {_points(-cost.mean_difference)} | {_interval(_negated(cost))} | "
@@ -100,11 +107,11 @@ def _negated(test):
 def claims_table(runs_dir: Path) -> str:
     lines = ["| claim | data / condition | Δ (points) | 95 % interval | seeds ahead | verdict (SPEC §3.9) | claim holds |",
              "| --- | --- | ---: | --- | --- | --- | --- |"]
-    for section, (directories, renames) in SECTIONS.items():
+    for section, (directories, renames, keep) in SECTIONS.items():
         if not all((runs_dir / d / "records.json").exists() for d in directories):
             lines.append(f"| (all claims) | {section} | — | — | — | not run yet | — |")
             continue
-        records = section_records(runs_dir, directories, renames)
+        records = section_records(runs_dir, directories, renames, keep)
         heads = heads_in_order(records)
         by_key = {key: {c.head: c for c in compare_heads(records, key, "softmax")} for key in ("sw", "uni")}
         if "lmdl" in heads:
@@ -112,19 +119,27 @@ def claims_table(runs_dir: Path) -> str:
         if "bce-u" in heads:
             lines.append(claim_row("[BCE] bce-u Uni > softmax Uni", section, by_key["uni"]["bce-u"], "better"))
             lines.append(claim_row("[BCE] bce-u SW ≥ softmax SW", section, by_key["sw"]["bce-u"], "not worse"))
-            lines.append(deploy_row("[BCE] bce-u's learned threshold deploys (Uni(t_l) − Uni(t*))", section,
-                                    records, "bce-u"))
+            lines.append(deploy_row("[BCE] bce-u's learned threshold deploys: Uni(t_l) − Uni(t*)", section,
+                                    records, "bce-u", "uni_at_learned"))
+            lines.append(deploy_row("bce-u with t* of validation deploys: Uni(t*_val) − Uni(t*)", section,
+                                    records, "bce-u", "uni_deployed"))
+        if UNIFACE in heads:
+            lines.append(claim_row("[UniFace] normalized bce-u Uni > softmax Uni", section, by_key["uni"][UNIFACE], "better"))
+            lines.append(claim_row("[UniFace] normalized bce-u SW ≥ softmax SW", section, by_key["sw"][UNIFACE], "not worse"))
         if UNIFACE in heads and "cosface" in heads:
             for key, name in (("sw", "SW"), ("uni", "Uni")):
                 [vs] = compare_heads(records, key, "cosface", [UNIFACE])
                 lines.append(claim_row(f"[UniFace] normalized bce-u {name} > cosface {name}", section, vs, "better"))
-            lines.append(deploy_row("[UniFace] its learned threshold deploys", section, records, UNIFACE))
+            lines.append(deploy_row("[UniFace] its learned threshold deploys: Uni(t_l) − Uni(t*)", section,
+                                    records, UNIFACE, "uni_at_learned"))
+            lines.append(deploy_row("[UniFace] t* of validation deploys: Uni(t*_val) − Uni(t*)", section,
+                                    records, UNIFACE, "uni_deployed"))
     return "\n".join(lines)
 
 
 def head_table(records: list[RunRecord]) -> str:
-    keys = [("sw", "SW %"), ("uni", "Uni %"), ("uni_deployed", "deployed Uni %"), ("t_star", "t*"),
-            ("learned_threshold", "t_l"), ("sep_auc", "sep AUC"), ("intra_class_cosine", "intra cos"),
+    keys = [("sw", "SW %"), ("uni", "Uni %"), ("uni_deployed", "Uni(t*_val) %"), ("t_star", "t*"),
+            ("learned_threshold", "t_l"), ("uni_at_learned", "Uni(t_l) %"), ("sep_auc", "sep AUC"), ("intra_class_cosine", "intra cos"),
             ("compactness_ratio", "intra/inter")]
     lines = ["| head | ok | " + " | ".join(label for _, label in keys) + " | s/run |",
              "|" + " --- |" * (len(keys) + 3)]
@@ -132,7 +147,7 @@ def head_table(records: list[RunRecord]) -> str:
         cells = []
         for key, _ in keys:
             s = summary_for(records, head, key)
-            scale, digits = (100.0, 2) if key in ("sw", "uni", "uni_deployed") else (1.0, 3)
+            scale, digits = (100.0, 2) if key in ("sw", "uni", "uni_deployed", "uni_at_learned") else (1.0, 3)
             cells.append("—" if s.mean is None else f"{scale * s.mean:.{digits}f} ± {scale * (s.std or 0):.{digits}f}")
         ok = [r for r in records if r.head == head and r.ok]
         runtime = summarize([r.runtime_s for r in ok]).mean or 0.0

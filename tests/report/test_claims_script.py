@@ -19,7 +19,8 @@ def _write(directory: Path, heads_sw_uni: dict, seeds=5, deployed_cost=0.002):
     for seed in range(seeds):
         for head, (sw, uni) in heads_sw_uni.items():
             final = {"sw": sw + rng.normal(0, 0.002), "uni": uni + rng.normal(0, 0.002)}
-            final["uni_deployed"] = final["uni"] - deployed_cost - rng.uniform(0, 0.001)
+            final["uni_deployed"] = final["uni"] - 0.001
+            final["uni_at_learned"] = final["uni"] - deployed_cost - rng.uniform(0, 0.001)
             rows.append(RunRecord(head=head, seed=seed, status="completed", final=final,
                                   per_class={"classes": list("abcde"), "accuracy": [0.9, 0.8, 0.7, 0.6, 0.5]}
                                   ).to_json())
@@ -41,7 +42,8 @@ def test_claims_table_calls_a_clear_gain_better_and_a_tie_no_difference(tmp_path
     uni = rows["[BCE] bce-u Uni > softmax Uni"]
     assert "**better**" in uni and uni.endswith("| yes |") and "+20." in uni
     assert rows["[BCE] bce-u SW ≥ softmax SW"].endswith("| yes |")   # not worse
-    assert "within 1 point" in rows["[BCE] bce-u's learned threshold deploys (Uni(t_l) − Uni(t*))"]
+    assert "within 1 point" in rows["[BCE] bce-u's learned threshold deploys: Uni(t_l) − Uni(t*)"]
+    assert "within 1 point" in rows["bce-u with t* of validation deploys: Uni(t*_val) − Uni(t*)"]
     assert "| MNIST 5k | — | — | — | not run yet |" in out
 
 
@@ -49,6 +51,8 @@ def test_a_deployed_threshold_that_costs_points_is_not_called_deployable(tmp_pat
     _write(tmp_path / "mnist1d_tuned", {"softmax": (0.95, 0.70), "bce-u": (0.95, 0.90)}, deployed_cost=0.03)
     out = _run("claims", str(tmp_path))
     [row] = [line for line in out.splitlines() if "learned threshold deploys" in line and "MNIST-1D |" in line]
+    [val] = [line for line in out.splitlines() if "t* of validation deploys" in line and "MNIST-1D |" in line]
+    assert val.endswith("| yes |")
     assert "more than 1 point" in row and row.endswith("| no |") and "−3.0" in row
 
 

@@ -86,9 +86,9 @@ def test_kernel_equals_numpy_equals_brute_force(case, dtype):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("rounded", [False, True])
 def test_range_buffer_path_and_threads(monkeypatch, dtype, threads, rounded):
-    """Forced range buffers (L2_BYTES = 0) with tiny ranges, more scores than one buffer
-    (8192) holds per range, N·K not a multiple of 16 or of the buffer; threads split the scores
-    at uneven points. Equal to the numpy sort exactly."""
+    """Forced range buffers (L2_BYTES = 0) with tiny to single ranges, buffers of one staging
+    line (every line ranked at once) up to buffers never filled, N·K not a multiple of 16 or
+    of the buffer; threads split the scores at uneven points. Equal to the numpy sort exactly."""
     g = torch.Generator().manual_seed(7)
     n, k = 3001, 13
     scores = torch.randn(n, k, generator=g, dtype=dtype)
@@ -98,9 +98,11 @@ def test_range_buffer_path_and_threads(monkeypatch, dtype, threads, rounded):
         scores = torch.round(scores * 20) / 20          # heavy ties: the c[] path
     ref = _separability_numpy(scores, labels)
     monkeypatch.setattr(rank_kernel, "L2_BYTES", 0)
-    for rshift in (2, 5, 30):
-        monkeypatch.setattr(rank_kernel, "RSHIFT", rshift)
-        assert _kernel(scores, labels, threads) == ref
+    for ranges in (1 << 30, 64, 2):                      # rshift 1 (tiny ranges) .. one range
+        for buffer_bytes in (64, 4096, 1 << 17):         # 1 line, several lines, never full
+            monkeypatch.setattr(rank_kernel, "RANGES", ranges)
+            monkeypatch.setattr(rank_kernel, "BUFFER_BYTES", buffer_bytes)
+            assert _kernel(scores, labels, threads) == ref
     monkeypatch.setattr(rank_kernel, "L2_BYTES", 1 << 40)  # in place
     assert _kernel(scores, labels, threads) == ref
 
@@ -117,13 +119,35 @@ def test_long_buckets_are_searched(monkeypatch):
     ref = _separability_numpy(scores, labels)
     assert _kernel(scores, labels) == ref
     monkeypatch.setattr(rank_kernel, "L2_BYTES", 0)
-    monkeypatch.setattr(rank_kernel, "RSHIFT", 3)
+    monkeypatch.setattr(rank_kernel, "RANGES", 1 << 12)
+    monkeypatch.setattr(rank_kernel, "BUFFER_BYTES", 128)
     assert _kernel(scores, labels, 2) == ref
     small = scores[:40]
     assert _kernel(small, labels[:40]) == _brute(small, labels[:40])
 
 
 @needs_kernel
+@needs_kernel
+@pytest.mark.parametrize("buckets_per_value", [1, 4, 64])
+def test_bucket_density_and_pmax_in_a_buffer(monkeypatch, buckets_per_value):
+    """Scores equal to the largest positive (bucket nb + 1, kept by the scatter) and just
+    above/below the positives' range, through the range buffers at several bucket densities;
+    the portable (non-vector) tails run on N·K not a multiple of 16."""
+    g = torch.Generator().manual_seed(11)
+    n, k = 777, 9
+    scores = torch.randn(n, k, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, k, (n,), generator=g)
+    top = scores[torch.arange(n), labels].max()
+    scores[5, (labels[5] + 1) % k] = top                      # a negative tied with pmax
+    scores[6, (labels[6] + 2) % k] = torch.nextafter(top, torch.tensor(10.0, dtype=torch.float64))
+    monkeypatch.setattr(rank_kernel, "L2_BYTES", 0)
+    monkeypatch.setattr(rank_kernel, "BUCKETS_PER_VALUE", buckets_per_value)
+    monkeypatch.setattr(rank_kernel, "BUFFER_BYTES", 256)
+    for dtype in (torch.float32, torch.float64):
+        s = scores.to(dtype)
+        assert _kernel(s, labels) == _separability_numpy(s, labels) == _brute(s, labels)
+
+
 def test_non_contiguous_scores():
     g = torch.Generator().manual_seed(4)
     scores = torch.randn(9, 31, generator=g).T            # (31, 9), strided

@@ -281,3 +281,12 @@ def test_keep_freed_memory_removes_page_faults_and_changes_no_result(tmp_path):
         assert out["on"][key] == out["off"][key], key
     assert out["on"]["faults"] * 4 < out["off"]["faults"], (out["on"]["faults"], out["off"]["faults"])
     print("minor page faults (off, on):", out["off"]["faults"], out["on"]["faults"])
+
+
+def test_keep_freed_memory_can_be_switched_off_by_the_environment(monkeypatch):
+    from unimargin.train import engine
+
+    monkeypatch.setattr(engine, "_allocator_kept", False)
+    monkeypatch.setenv("UNIMARGIN_KEEP_FREED_MEMORY", "0")
+    assert engine.keep_freed_memory() is False
+    assert engine._allocator_kept is False

@@ -238,10 +238,14 @@ def keep_freed_memory() -> bool:
     from the heap and up to 256 MiB of freed heap is kept for reuse instead of being
     returned to the kernel and faulted back in on the next step. The process's resident
     memory then stays near its peak. Returns True when the settings are in effect; a no-op
-    returning False on other C libraries and systems."""
+    returning False on other C libraries and systems, and when the environment variable
+    ``UNIMARGIN_KEEP_FREED_MEMORY=0`` opts out (the settings are process-wide, so a program
+    that embeds :func:`train` and manages its own allocator can keep glibc's defaults)."""
     global _allocator_kept
     if _allocator_kept:
         return True
+    if os.environ.get("UNIMARGIN_KEEP_FREED_MEMORY", "1").strip() == "0":
+        return False
     import platform
 
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":

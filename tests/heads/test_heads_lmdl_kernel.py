@@ -211,11 +211,11 @@ def test_usable_only_for_supported_inputs():
 @pytest.fixture
 def fresh_kernel_state(monkeypatch, tmp_path):
     """An empty cache and a forgotten kernel; the module state is restored afterwards."""
-    saved = dict(lmdl_kernel._state)
+    saved = lmdl_kernel._KERNEL.lib, lmdl_kernel._KERNEL._status
     monkeypatch.setenv("UNIMARGIN_CACHE", str(tmp_path / "cache"))
     lmdl_kernel.reset()
     yield tmp_path / "cache" / "native"
-    lmdl_kernel._state.update(saved)
+    lmdl_kernel._KERNEL.lib, lmdl_kernel._KERNEL._status = saved
 
 
 def test_build_is_cached_and_reused(fresh_kernel_state):

@@ -108,7 +108,7 @@ def test_planted_library_never_runs_and_is_rebuilt(cache, source, tmp_path, how)
 
 
 def test_planted_lmdl_kernel_refused_and_kernel_rebuilt(cache, tmp_path):
-    saved = dict(lmdl_kernel._state)
+    saved = lmdl_kernel._KERNEL.lib, lmdl_kernel._KERNEL._status
     try:
         lmdl_kernel.reset()
         path = _library(lmdl_kernel.status())
@@ -131,7 +131,7 @@ def test_planted_lmdl_kernel_refused_and_kernel_rebuilt(cache, tmp_path):
             reference = lmdl_fused_step(f, W, b, y, M, seen, **kw).loss
         torch.testing.assert_close(with_kernel, reference)
     finally:
-        lmdl_kernel._state.update(saved)
+        lmdl_kernel._KERNEL.lib, lmdl_kernel._KERNEL._status = saved
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")

@@ -26,6 +26,7 @@ deleted and rebuilt when it is ours, and refused (with a status naming it) when 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -48,6 +49,55 @@ from ..cache import default_cache_dir
 
 DIR_MODE = 0o700
 _thread_lock = threading.Lock()
+
+
+class NativeKernel:
+    """One optional compiled kernel: built and loaded once, on first use, by :func:`load_native`
+    (thread-safe), with a per-thread :meth:`disabled` switch. Each kernel module holds one and
+    re-exports :meth:`status`, :meth:`load`, :meth:`reset` and :meth:`disabled`."""
+
+    def __init__(self, name: str, source: Path, flags: tuple[str, ...], declare: Callable[[ctypes.CDLL], None],
+                 optional_flags: tuple[str, ...] = ()):
+        self.name, self.source, self.flags, self.optional_flags = name, source, flags, optional_flags
+        self.declare = declare
+        self.lib: ctypes.CDLL | None = None
+        self._status: str | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()  # disabled() nesting depth, per thread (like torch.no_grad)
+
+    def status(self) -> str:
+        """'compiled: <path>', or why the fallback implementation is used instead."""
+        self.load()
+        return self._status
+
+    def load(self) -> ctypes.CDLL | None:
+        """The loaded library (built on first call), or None if unavailable."""
+        if self._status is not None:
+            return self.lib
+        with self._lock:
+            if self._status is None:
+                self.lib, self._status = load_native(self.name, self.source, self.flags, self.declare,
+                                                     optional_flags=self.optional_flags)
+        return self.lib
+
+    def reset(self) -> None:
+        """Forget the loaded state (the next :meth:`load` checks the environment again)."""
+        with self._lock:
+            self.lib, self._status = None, None
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """Use the fallback implementation inside this block, in this thread (A/B comparisons, tests)."""
+        self._local.off = getattr(self._local, "off", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.off -= 1
+
+    @property
+    def is_disabled(self) -> bool:
+        """True inside :meth:`disabled` in this thread."""
+        return bool(getattr(self._local, "off", 0))
 
 
 def enabled() -> bool:

@@ -18,15 +18,13 @@ in the environment, :class:`LMDLFusedStep` runs its PyTorch implementation.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .build import load_native
+from .build import NativeKernel
 
 SOURCE = Path(__file__).with_name("lmdl_kernel.c")
 FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=fast")
@@ -34,43 +32,6 @@ FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contr
 # and a compiler that rejects the flag builds without it
 NATIVE_FLAGS = ("-march=native",)
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-
-_lock = threading.Lock()
-_state: dict = {"lib": None, "status": None}
-_local = threading.local()  # disabled() nesting depth, per thread (like torch.no_grad)
-
-
-def status() -> str:
-    """'compiled: <path>', or why the PyTorch implementation is used instead."""
-    load()
-    return _state["status"]
-
-
-def load() -> ctypes.CDLL | None:
-    """The loaded kernel library (built on first call), or None if unavailable."""
-    if _state["status"] is not None:
-        return _state["lib"]
-    with _lock:
-        if _state["status"] is None:
-            _state["lib"], _state["status"] = load_native("lmdl_kernel", SOURCE, FLAGS, _declare,
-                                                          optional_flags=NATIVE_FLAGS)
-    return _state["lib"]
-
-
-def reset() -> None:
-    """Forget the loaded state (the next :func:`load` checks the environment again)."""
-    with _lock:
-        _state["lib"], _state["status"] = None, None
-
-
-@contextlib.contextmanager
-def disabled():
-    """Use the PyTorch implementation inside this block, in this thread (A/B comparisons, tests)."""
-    _local.off = getattr(_local, "off", 0) + 1
-    try:
-        yield
-    finally:
-        _local.off -= 1
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -101,6 +62,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lmdl_present_work_size.restype = long_
 
 
+_KERNEL = NativeKernel("lmdl_kernel", SOURCE, FLAGS, _declare, optional_flags=NATIVE_FLAGS)
+status, load, reset, disabled = _KERNEL.status, _KERNEL.load, _KERNEL.reset, _KERNEL.disabled
+
+
 # The kernel is single-threaded: above B·K·d·threads multiply-adds per step the PyTorch
 # path (multi-threaded BLAS) is as fast or faster (docs/benchmarks.md, crossover table)
 MAX_WORK = 1 << 25
@@ -112,7 +77,7 @@ def usable(features: Tensor, weight: Tensor, bias: Tensor | None, centroids: Ten
     dtype = features.dtype
     if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
         return False
-    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or getattr(_local, "off", 0):
+    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or _KERNEL.is_disabled:
         return False
     if features.shape[0] * weight.shape[0] * weight.shape[1] * torch.get_num_threads() > MAX_WORK:
         return False
@@ -129,7 +94,7 @@ def present_usable(features: Tensor, weight: Tensor, bias: Tensor | None, centro
         return False
     if not centroids.is_contiguous():
         return False
-    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or getattr(_local, "off", 0):
+    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or _KERNEL.is_disabled:
         return False
     return load() is not None
 
@@ -156,7 +121,7 @@ def present_forward(features, weight, bias, labels, present, rows, logits, log_p
     out = (loss, CE, compact, margin, reg), centroid = m_p (P×d), nearest = j*(c) (P).
     ``update``: also write M_c ← m_c and seen_c ← True into ``centroids`` / ``seen`` in place
     (contiguous tensors of the step's dtype and bool; ValueError otherwise)."""
-    lib = _state["lib"]
+    lib = _KERNEL.lib
     batch, dim = features.shape
     num_classes, n = weight.shape[0], present.numel()
     out = features.new_empty(5)
@@ -184,7 +149,7 @@ def present_backward(features, weight, bias, labels, present, rows, nearest, cen
     """Kernel part of the present-class backward: turns ``probs`` (softmax, B×K) into ∂L/∂Z in
     place and returns (∂L/∂f without the ∂L/∂Z W part, pair_grad, pair_gb, ∂L/∂b of the CE
     part = column sums of ∂L/∂Z, or None without a bias) for :func:`present_scatter`."""
-    lib = _state["lib"]
+    lib = _KERNEL.lib
     batch, dim = features.shape
     num_classes, n = weight.shape[0], present.numel()
     grad_f = torch.empty_like(features)
@@ -202,7 +167,7 @@ def present_backward(features, weight, bias, labels, present, rows, nearest, cen
 
 def present_scatter(present, nearest, pair_grad, pair_gb, grad_weight, grad_bias) -> None:
     """Adds the margin's pair gradients into rows c and j*(c) of ∂L/∂W (and ∂L/∂b), in place."""
-    lib = _state["lib"]
+    lib = _KERNEL.lib
     getattr(lib, f"lmdl_present_scatter_{DTYPES[grad_weight.dtype]}")(
         grad_weight.shape[1], present.numel(), present.data_ptr(), nearest.data_ptr(), pair_grad.data_ptr(),
         pair_gb.data_ptr(), grad_weight.data_ptr(), _address(grad_bias))
@@ -216,7 +181,7 @@ def forward(features, weight, bias, labels, centroids, seen, delta_v, delta_d, m
             max_aggregation, compact_coef, margin_coef, reg_coef):
     """Kernel forward: ``(loss, terms, centroid, present, logits, work)`` (see
     :class:`LMDLFusedStep`); ``work`` holds what the backward needs."""
-    lib = _state["lib"]
+    lib = _KERNEL.lib
     features, weight, labels = features.contiguous(), weight.contiguous(), labels.contiguous()
     bias = None if bias is None else bias.contiguous()
     batch, dim = features.shape
@@ -242,7 +207,7 @@ def forward(features, weight, bias, labels, centroids, seen, delta_v, delta_d, m
 def backward(features, weight, has_bias, labels, centroid, work, max_aggregation, delta_d,
              compact_coef, margin_coef, reg_coef, grad_loss: float, grad_logits):
     """Kernel backward: gradients (features, weight, bias or None)."""
-    lib = _state["lib"]
+    lib = _KERNEL.lib
     batch, dim = features.shape
     num_classes = weight.shape[0]
     grad_features = torch.empty_like(features)

@@ -16,15 +16,13 @@ disables it). Without a compiler, inside :func:`disabled`, or for inputs it does
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .build import load_native
+from .build import NativeKernel
 
 SOURCE = Path(__file__).with_name("rank_kernel.c")
 FLAGS = ("-O3", "-std=gnu99", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
@@ -45,43 +43,6 @@ BUFFER_BYTES = 1 << 17
 LANES = 32        # rank_kernel.c: longer buckets are binary-searched by the scalar loop
 L2_BYTES = 1 << 20
 
-_lock = threading.Lock()
-_state: dict = {"lib": None, "status": None}
-_local = threading.local()
-
-
-def status() -> str:
-    """'compiled: <path>', or why the numpy implementation is used instead."""
-    load()
-    return _state["status"]
-
-
-def load() -> ctypes.CDLL | None:
-    """The loaded kernel library (built on first call), or None if unavailable."""
-    if _state["status"] is not None:
-        return _state["lib"]
-    with _lock:
-        if _state["status"] is None:
-            _state["lib"], _state["status"] = load_native("rank_kernel", SOURCE, FLAGS, _declare,
-                                                          optional_flags=NATIVE_FLAGS)
-    return _state["lib"]
-
-
-def reset() -> None:
-    """Forget the loaded state (the next :func:`load` checks the environment again)."""
-    with _lock:
-        _state["lib"], _state["status"] = None, None
-
-
-@contextlib.contextmanager
-def disabled():
-    """Use the numpy implementation inside this block, in this thread (A/B comparisons, tests)."""
-    _local.off = getattr(_local, "off", 0) + 1
-    try:
-        yield
-    finally:
-        _local.off -= 1
-
 
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, long_, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
@@ -94,10 +55,14 @@ def _declare(lib: ctypes.CDLL) -> None:
         run.restype = ctypes.c_int64
 
 
+_KERNEL = NativeKernel("rank_kernel", SOURCE, FLAGS, _declare, optional_flags=NATIVE_FLAGS)
+status, load, reset, disabled = _KERNEL.status, _KERNEL.load, _KERNEL.reset, _KERNEL.disabled
+
+
 def usable(values: np.ndarray, npos: int) -> bool:
     """Whether :func:`count` takes these scores: float32/float64, fewer than 2^31 positives
     (uint32 ranks), not :func:`disabled`, and a kernel built."""
-    if values.dtype not in DTYPES or npos >= 2**31 or getattr(_local, "off", 0):
+    if values.dtype not in DTYPES or npos >= 2**31 or _KERNEL.is_disabled:
         return False
     return load() is not None
 

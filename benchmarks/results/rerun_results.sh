@@ -44,11 +44,11 @@ section() {
               --tune lr --trials 6 --jobs 2 ;;
     lmdl_default)  # sensitivity: softmax and lmdl at their recommended rates (no tuning), same protocol
       run mnist1d_default --dataset mnist1d --heads softmax,lmdl --seeds 5 --epochs 20 --jobs 2 ;;
-    openset) run fashion_openset_tuned $FASHION --heads $FOUR --seeds 3 --unknown-classes 7,8,9 ;;
+    openset) run fashion_openset_tuned $CONDITION --heads $FOUR --seeds 3 --unknown-classes 7,8,9 ;;
     *) echo "unknown section $1" >&2; exit 2 ;;
   esac
 }
 
-for s in "${@:-mnist1d fashion uniface mnist5k imb01 noise recipe_shared imb001 recipe_tuned lmdl_default}"; do
+for s in "${@:-mnist1d fashion uniface mnist5k imb01 noise recipe_shared imb001 recipe_tuned lmdl_default openset}"; do
   for one in $s; do section "$one"; done
 done

@@ -39,6 +39,7 @@ SECTIONS: dict[str, tuple[list[str], dict[str, dict[str, str]], set[str] | None]
     "Fashion-MNIST, label noise 0.2": (["fashion_noise0.2"], {}, None),
     "MNIST-1D, LMDL recipe (shared SGD 0.001)": (["mnist1d_recipe_shared"], {}, None),
     "MNIST-1D, LMDL recipe, lr tuned": (["mnist1d_recipe_tuned"], {}, None),
+    "MNIST-1D, recommended rates (no tuning)": (["mnist1d_default"], {}, None),
 }
 
 

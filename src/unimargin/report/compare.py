@@ -131,18 +131,18 @@ def condition_sentence(records) -> str | None:
     stay clean and balanced, so every test figure is on the usual data."""
     configs = [r.config for r in completed_runs(records) if r.config] or [r.config for r in records if r.config]
     parts = []
-    for key, text in (("imbalance", "long-tailed (`--imbalance {v:g}`: class c keeps n·{v:g}^(c/(K−1)) of its "
-                                    "training samples, so the last class keeps {v:g} of them)"),
-                      ("label_noise", "noisy labels (`--label-noise {v:g}`: each training label replaced by a "
+    for key, text in (("imbalance", "is long-tailed (`--imbalance {v:g}`: class c keeps n·{v:g}^(c/(K−1)) training "
+                                    "samples, n = the largest class's count, so the last class keeps {v:g}·n)"),
+                      ("label_noise", "has noisy labels (`--label-noise {v:g}`: each training label replaced by a "
                                       "uniformly drawn other class with probability {v:g})")):
         values = sorted({float(c[key]) for c in configs if c.get(key) not in (None, 0, 0.0)})
         if len(values) == 1:
             parts.append(text.format(v=values[0]))
         elif values:
-            parts.append(f"`{key}` differs between runs ({', '.join(f'{v:g}' for v in values)})")
+            parts.append(f"has a `{key}` that differs between runs ({', '.join(f'{v:g}' for v in values)})")
     if not parts:
         return None
-    return ("**Training-data condition.** The training split is " + " and ".join(parts)
+    return ("**Training-data condition.** The training split " + " and ".join(parts)
             + "; the validation and test splits stay clean and balanced.")
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from unimargin.report import plots
 from unimargin.report.compare import CompareResult, settings_from_records
 from unimargin.report.records import RunOutputs, RunRecord
 
@@ -84,16 +85,6 @@ def plotted_runs(tasks: Sequence[RunTask], records: dict[int, RunRecord]) -> lis
             chosen.append(index)
             decided.add(task.head)
     return chosen
-
-
-def _preload_plotting() -> None:
-    """Import what the report's plots import (matplotlib Figure + Agg canvas, ~0.5–1 s),
-    when the plots extra is installed; the report then starts plotting at once."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is not None:
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
 
 
 def run_compare(
@@ -226,7 +217,7 @@ def run_compare(
                 if index not in plot_outputs:
                     plot_outputs[index] = run_outputs(tasks[index].run_dir, splits.x_test, splits.y_test,
                                                       tasks[index].head, tasks[index].seed)
-            _preload_plotting()
+            plots.preload()
 
         records = run_tasks(tasks, jobs, on_record, progress.write, on_event=progress.event,
                             devices=plan_devices(base.get("device"), max(1, min(jobs, len(tasks)))),

@@ -32,6 +32,7 @@ import torch
 from .records import RunOutputs, RunRecord, completed_runs, heads_in_order, history_split
 
 __all__ = [
+    "preload",
     "pca_2d",
     "positive_negative_metrics",
     "plot_training_curves",
@@ -44,6 +45,16 @@ __all__ = [
 
 _DPI = 90
 _MAX_SCATTER_POINTS = 2000
+
+
+def preload() -> None:
+    """Import what :func:`_figure` imports (matplotlib Figure + Agg canvas, ~0.5–1 s) ahead of
+    time, when the plots extra is installed; a no-op without it (the plots then raise)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
 
 
 def _figure(width: float, height: float):

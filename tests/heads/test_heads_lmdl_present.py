@@ -1,26 +1,40 @@
-"""The present-class step (LMDLPresentStep, the CPU default for the max aggregation past
-PRESENT_MIN_K) equals THE formula (heads/lmdl/terms.py under autograd) in float64 for every
-K of the speed grid, on both sides of each dispatch threshold: loss, terms, every gradient
-and the buffers over consecutive steps of a training head."""
+"""The present-class step (the CPU default for the max aggregation past PRESENT_MIN_K)
+equals THE formula (heads/lmdl/terms.py under autograd) in float64 for every K of the speed
+grid, on both sides of each dispatch threshold: loss, terms, every gradient and the buffers
+over consecutive steps of a training head. Every test runs twice: through the C++ operator
+(``_native/lmdl_op``) and through the Python LMDLPresentStep it replaces when no C++
+compiler is available (``lmdl_op.disabled()``); the two are also checked bit-identical."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from unimargin import build_head
-from unimargin._native import lmdl_kernel
-from unimargin.heads.lmdl import (FUSED_MAX_K, PRESENT_MIN_K, autograd_path, lmdl_present_step, lmdl_terms,
-                                  step_path)
+from unimargin._native import lmdl_kernel, lmdl_op
+from unimargin.heads.lmdl import (FUSED_MAX_K, PRESENT_MIN_K, PRESENT_MIN_K_PYTHON, autograd_path, lmdl_present_step,
+                                  lmdl_terms, step_path)
 
 K_GRID = [10, 32, 33, 64, 65, 100, 256, 1000, 10000]
 HP = dict(delta_v=0.3, delta_d=3.0, compact_weight=0.7, margin_weight=1.3, reg_weight=0.05, momentum=0.6,
           disc_weight=0.9)
 
 
-@pytest.fixture(autouse=True)
-def _kernel():
+@pytest.fixture(autouse=True, params=["cpp-op", "python-function"])
+def implementation(request):
+    """The present step through the C++ operator, then through the Python autograd.Function."""
     if lmdl_kernel.load() is None:
         pytest.skip(f"lmdl CPU kernel unavailable: {lmdl_kernel.status()}")
+    if request.param == "python-function":
+        with lmdl_op.disabled():
+            yield request.param
+        return
+    if lmdl_op.load() is None:
+        pytest.skip(f"lmdl C++ operator unavailable: {lmdl_op.status()}")
+    yield request.param
+
+
+def _crossover(implementation):
+    return PRESENT_MIN_K if implementation == "cpp-op" else PRESENT_MIN_K_PYTHON
 
 
 def _labels(K, B, gen):
@@ -46,7 +60,7 @@ def _steps(head, batches, use_logits):
 
 
 @pytest.mark.parametrize("K", K_GRID)
-def test_head_equals_formula_float64_every_k(K):
+def test_head_equals_formula_float64_every_k(K, implementation):
     d, B = (8, 64) if K == 10000 else (12, 48)
     variants = [dict(bias=True), dict(bias=False, delta_v=0.0), dict(bias=True, momentum=0.0)]
     for v, extra in enumerate(variants):
@@ -58,7 +72,7 @@ def test_head_equals_formula_float64_every_k(K):
         gen = torch.Generator().manual_seed(v)
         batches = [(torch.randn(B, d, generator=gen, dtype=torch.float64), _labels(K, B, gen)) for _ in range(3)]
         f0, y0 = batches[0]
-        expect = "present" if K > PRESENT_MIN_K else "fused"
+        expect = "present" if K > _crossover(implementation) else "fused"
         assert step_path(K, False, "max", (f0, fast.weight, fast.bias, fast.centroids)) == expect
         got = _steps(fast, batches, use_logits=v == 0)
         with autograd_path():
@@ -162,10 +176,12 @@ def test_present_step_near_duplicates_float32_exact_argmin():
         assert (a.double() - r).norm() <= 1e-3 * r.norm().clamp_min(1e-6)
 
 
-def test_dispatch_sides():
+def test_dispatch_sides(implementation):
     f, W, M = torch.randn(8, 4), torch.randn(70, 4), torch.zeros(70, 4)
-    assert step_path(PRESENT_MIN_K, False, "max", (f, W[:PRESENT_MIN_K], None, M[:PRESENT_MIN_K])) == "fused"
-    assert step_path(PRESENT_MIN_K + 1, False, "max", (f, W[:33], None, M[:33])) == "present"
+    k = _crossover(implementation)
+    assert step_path(k, False, "max", (f, W[:k], None, M[:k])) == "fused"
+    assert step_path(k + 1, False, "max", (f, W[:k + 1], None, M[:k + 1])) == "present"
+    assert step_path(k + 1, False, "mean", (f, W[:k + 1], None, M[:k + 1])) == "fused"
     assert step_path(FUSED_MAX_K, False, "mean", (f, W[:64], None, M[:64])) == "fused"
     assert step_path(FUSED_MAX_K + 1, False, "mean", (f, W[:65], None, M[:65])) == "terms"
     assert step_path(70, True, "max", (f, W, None, M)) == "terms"
@@ -187,3 +203,4 @@ def test_present_step_errors():
     res = lmdl_present_step(f, W, None, torch.arange(6), M, seen, **hp)
     with pytest.raises(RuntimeError, match=r"create_graph=True.*autograd_path"):
         torch.autograd.grad(res.loss, [f], create_graph=True)
+

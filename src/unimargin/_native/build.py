@@ -57,9 +57,10 @@ class NativeKernel:
     re-exports :meth:`status`, :meth:`load`, :meth:`reset` and :meth:`disabled`."""
 
     def __init__(self, name: str, source: Path, flags: tuple[str, ...], declare: Callable[[ctypes.CDLL], None],
-                 optional_flags: tuple[str, ...] = ()):
+                 optional_flags: tuple[str, ...] = (), *, language: str = "c",
+                 libs: Callable[[], tuple[str, ...]] | tuple[str, ...] = ()):
         self.name, self.source, self.flags, self.optional_flags = name, source, flags, optional_flags
-        self.declare = declare
+        self.declare, self.language, self.libs = declare, language, libs
         self.lib: ctypes.CDLL | None = None
         self._status: str | None = None
         self._lock = threading.Lock()
@@ -76,8 +77,10 @@ class NativeKernel:
             return self.lib
         with self._lock:
             if self._status is None:
+                libs = self.libs() if callable(self.libs) else self.libs
                 self.lib, self._status = load_native(self.name, self.source, self.flags, self.declare,
-                                                     optional_flags=self.optional_flags)
+                                                     optional_flags=self.optional_flags, language=self.language,
+                                                     libs=libs)
         return self.lib
 
     def reset(self) -> None:
@@ -110,15 +113,20 @@ def native_dir() -> Path:
     return default_cache_dir() / "native"
 
 
-def find_compiler() -> str | None:
-    """``$CC`` (default ``cc``), else ``gcc``, else ``clang`` on the PATH; None if none."""
+def find_compiler(language: str = "c") -> str | None:
+    """C: ``$CC`` (default ``cc``), else ``gcc``, else ``clang`` on the PATH; C++: ``$CXX``
+    (default ``c++``), else ``g++``, else ``clang++``; None if none."""
+    if language == "c++":
+        return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
 
 def load_native(name: str, source: Path, flags: tuple[str, ...] = (),
                 declare: Callable[[ctypes.CDLL], None] | None = None, *,
-                optional_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None, str]:
-    """Build (once, cached) and load the C file ``source`` as a shared library.
+                optional_flags: tuple[str, ...] = (), language: str = "c",
+                libs: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None, str]:
+    """Build (once, cached) and load the C (``language="c++"``: C++) file ``source`` as a
+    shared library; ``libs`` (``-L``/``-l``/``-Wl`` flags) follow the source on the command line.
 
     Returns ``(library, "compiled: <path>")`` or ``(None, <one-line reason>)``; never
     raises for an unavailable compiler or a refused cache. ``flags`` are passed to the
@@ -131,15 +139,15 @@ def load_native(name: str, source: Path, flags: tuple[str, ...] = (),
         return None, "disabled by UNIMARGIN_CPU_KERNEL=0"
     if not sys.platform.startswith(("linux", "darwin")):
         return None, f"no kernel build on platform {sys.platform!r}"
-    compiler = find_compiler()
+    compiler = find_compiler(language)
     if compiler is None:
-        return None, "no C compiler found (set $CC)"
+        return None, "no C++ compiler found (set $CXX)" if language == "c++" else "no C compiler found (set $CC)"
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
         source_bytes = Path(source).read_bytes()
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"C compiler {compiler} does not run or {source} is unreadable: {err}"
-    key = hashlib.sha256(source_bytes + repr((flags, optional_flags, compiler, version, _cpu_identity(),
+    key = hashlib.sha256(source_bytes + repr((flags, optional_flags, libs, compiler, version, _cpu_identity(),
                                               _abi())).encode()).hexdigest()
     lib_name = f"{name}-{key[:16]}-{sys.platform}.so"
     directory = native_dir()
@@ -150,14 +158,14 @@ def load_native(name: str, source: Path, flags: tuple[str, ...] = (),
         try:
             with _file_lock(dir_fd, lib_name + ".lock"):
                 return _verify_or_build(dir_fd, directory, lib_name, compiler, Path(source),
-                                        flags, optional_flags, name, declare)
+                                        flags, optional_flags, name, declare, libs)
         except OSError as err:
             return None, f"cannot use the cache directory {directory}: {err}"
         finally:
             os.close(dir_fd)
 
 
-def _verify_or_build(dir_fd, directory, lib_name, compiler, source, flags, optional_flags, name, declare):
+def _verify_or_build(dir_fd, directory, lib_name, compiler, source, flags, optional_flags, name, declare, libs=()):
     path = directory / lib_name
     built = False
     while True:
@@ -173,9 +181,9 @@ def _verify_or_build(dir_fd, directory, lib_name, compiler, source, flags, optio
                 _unlink(dir_fd, stale)
         elif built:
             return None, f"{path} disappeared right after building it"
-        error = (_compile(dir_fd, directory, lib_name, compiler, source, flags + optional_flags)
-                 and _compile(dir_fd, directory, lib_name, compiler, source, flags)) if optional_flags else \
-            _compile(dir_fd, directory, lib_name, compiler, source, flags)
+        error = (_compile(dir_fd, directory, lib_name, compiler, source, flags + optional_flags, libs)
+                 and _compile(dir_fd, directory, lib_name, compiler, source, flags, libs)) if optional_flags else \
+            _compile(dir_fd, directory, lib_name, compiler, source, flags, libs)
         if error:
             # a compiler that is present but fails is unexpected: say so once
             warnings.warn(f"unimargin: building the {name.removesuffix('_kernel')} CPU kernel failed, "
@@ -273,7 +281,7 @@ def _file_problem(info: os.stat_result) -> str | None:
 
 
 def _compile(dir_fd, directory: Path, lib_name: str, compiler: str, source: Path,
-             flags: tuple[str, ...]) -> str | None:
+             flags: tuple[str, ...], libs: tuple[str, ...] = ()) -> str | None:
     """Build ``lib_name`` atomically (unique temporary file, then rename) with its sidecar;
     an error message or None. The caller holds the library's lock."""
     try:
@@ -283,7 +291,7 @@ def _compile(dir_fd, directory: Path, lib_name: str, compiler: str, source: Path
         return f"cache directory {directory} is not writable ({err}); set UNIMARGIN_CACHE"
     tmp_side = None
     try:
-        cmd = [compiler, *flags, str(source), "-o", tmp, "-lm"]
+        cmd = [compiler, *flags, str(source), "-o", tmp, *libs, "-lm"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
             return f"{' '.join(cmd)} exited with {run.returncode}: {run.stderr.strip()[-2000:]}"

@@ -13,7 +13,7 @@ from unimargin import distributed as udist
 
 from ..base import HeadOutput, LinearHead, check_real, cross_entropy_mean
 from ..registry import CAREFUL, register_head
-from unimargin._native import lmdl_kernel
+from unimargin._native import lmdl_kernel, lmdl_op
 
 from .fused import lmdl_fused_step, lmdl_present_step
 from .terms import AGGREGATIONS, _identity, lmdl_terms
@@ -21,10 +21,13 @@ from .terms import AGGREGATIONS, _identity, lmdl_terms
 # Fused single-process step for K <= FUSED_MAX_K; THE formula (terms.py) otherwise and
 # whenever the batch is split over processes.
 FUSED_MAX_K = 64
-# Max aggregation on the CPU with the compiled kernel: the present-class step above this K
-# (and wherever the small all-classes kernel does not apply). Measured crossover (B = 256,
-# d = 128/512, 1 thread; docs/heads/lmdl.md): the all-classes kernel is faster up to K ≈ 24-32.
-PRESENT_MIN_K = 32
+# Max aggregation on the CPU with the compiled kernel: the present-class step above these K
+# (and wherever the small all-classes kernel does not apply). Measured crossovers (B = 256,
+# d = 128/512, 1 thread; docs/heads/lmdl.md): with the C++ operator (lmdl_op) the present
+# step is faster from K = 16 on (K = 10: 1.43x vs 1.53x plain); as the Python
+# autograd.Function over ctypes (no C++ compiler) the all-classes kernel is faster up to K ≈ 24-32.
+PRESENT_MIN_K = 12
+PRESENT_MIN_K_PYTHON = 32
 
 
 _local = threading.local()  # autograd_path() nesting depth, per thread (like torch.no_grad)
@@ -35,21 +38,23 @@ def step_path(num_classes: int, distributed: bool, aggregation: str = "max", ten
 
     - ``"terms"``: THE formula (:func:`lmdl_terms`) under autograd, when the batch is split
       over processes, inside :func:`autograd_path`, or when nothing below applies;
-    - ``"fused"``: the all-classes step (:class:`LMDLFusedStep`) for K <= FUSED_MAX_K, run by
-      the small compiled kernel when it applies (``lmdl_kernel.usable``) and, for the max
-      aggregation, K <= PRESENT_MIN_K; its PyTorch implementation for K <= FUSED_MAX_K
-      when no kernel is available (GPU, bf16, no compiler);
-    - ``"present"``: the present-class step (:class:`LMDLPresentStep`, max aggregation, any
-      K, CPU with the kernel built: ``lmdl_kernel.present_usable``) otherwise.
+    - ``"present"``: the present-class step (max aggregation, any K, CPU with the kernel
+      built) for K > PRESENT_MIN_K when its C++ operator is built (``lmdl_op.usable``), for
+      K > PRESENT_MIN_K_PYTHON as the Python :class:`LMDLPresentStep`
+      (``lmdl_kernel.present_usable``), and at any K where the all-classes kernel does not apply;
+    - ``"fused"``: otherwise for K <= FUSED_MAX_K, the all-classes step (:class:`LMDLFusedStep`), run by
+      the small compiled kernel when it applies (``lmdl_kernel.usable``), else its PyTorch
+      implementation (GPU, bf16, no compiler).
 
     ``tensors`` = (features, weight, bias, centroids) of the step; None: no kernel applies."""
     if distributed or getattr(_local, "depth", 0):
         return "terms"
-    small = tensors is not None and num_classes <= FUSED_MAX_K and lmdl_kernel.usable(*tensors)
-    if small and (aggregation != "max" or num_classes <= PRESENT_MIN_K):
-        return "fused"
-    if aggregation == "max" and tensors is not None and lmdl_kernel.present_usable(*tensors):
-        return "present"
+    if aggregation == "max" and tensors is not None:
+        op = lmdl_op.usable(*tensors)
+        if op or lmdl_kernel.present_usable(*tensors):
+            crossover = PRESENT_MIN_K if op else PRESENT_MIN_K_PYTHON
+            if num_classes > crossover or not (num_classes <= FUSED_MAX_K and lmdl_kernel.usable(*tensors)):
+                return "present"
     return "fused" if num_classes <= FUSED_MAX_K else "terms"
 
 

@@ -36,7 +36,9 @@ def test_cpp_operator_bit_identical_to_python_function(dtype, bias):
     M0, seen0 = torch.randn(K, d, generator=gen, dtype=dtype), torch.rand(K, generator=gen) < 0.5
     hp = (0.3, 3.0, 0.6, 0.7, 1.3, 0.05)
     M1, seen1 = M0.clone(), seen0.clone()
-    loss, logits, terms, present, centroid = lmdl_op.present_step(f, W, b, y, M1, seen1, *hp, unit_roundoff(f, W), True)
+    loss, logits, *terms, present, centroid = lmdl_op.present_step(f, W, b, y, M1, seen1, *hp, unit_roundoff(f, W),
+                                                                   True)
+    terms = torch.stack(terms)
     got = torch.autograd.grad(loss + 0.01 * logits.square().sum(), params)
     M2, seen2, extras = M0.clone(), seen0.clone(), []
     rloss, rlogits = LMDLPresentStep.apply(f, W, b, y, M2, seen2, *hp, True, extras)
@@ -47,6 +49,7 @@ def test_cpp_operator_bit_identical_to_python_function(dtype, bias):
     for g, r in zip(got, ref):
         assert torch.equal(g, r)
     assert not (terms.requires_grad or present.requires_grad or centroid.requires_grad)
+    assert loss.requires_grad and logits.requires_grad
 
 
 def test_cpp_operator_status_names_the_library_and_disabled_switches_it_off():

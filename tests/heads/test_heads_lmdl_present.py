@@ -179,8 +179,11 @@ def test_present_step_near_duplicates_float32_exact_argmin():
 def test_dispatch_sides(implementation):
     f, W, M = torch.randn(8, 4), torch.randn(70, 4), torch.zeros(70, 4)
     k = _crossover(implementation)
-    assert step_path(k, False, "max", (f, W[:k], None, M[:k])) == "fused"
-    assert step_path(k + 1, False, "max", (f, W[:k + 1], None, M[:k + 1])) == "present"
+    if k > 0:
+        assert step_path(k, False, "max", (f, W[:k], None, M[:k])) == "fused"
+    for K in (1, 2, 10, k + 1):  # the operator: the present step at every K, no threshold
+        expect = "present" if K > k else "fused"
+        assert step_path(K, False, "max", (f, W[:K], None, M[:K])) == expect
     assert step_path(k + 1, False, "mean", (f, W[:k + 1], None, M[:k + 1])) == "fused"
     assert step_path(FUSED_MAX_K, False, "mean", (f, W[:64], None, M[:64])) == "fused"
     assert step_path(FUSED_MAX_K + 1, False, "mean", (f, W[:65], None, M[:65])) == "terms"

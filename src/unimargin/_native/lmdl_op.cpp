@@ -71,7 +71,8 @@ const char* kNoDoubleBackward =
     "under autograd, which supports them";
 
 struct PresentStep : public torch::autograd::Function<PresentStep> {
-  // returns (loss, logits, terms (4), present (P), centroid (P×d)); the last three carry no gradient
+  // returns (loss, logits, CE, L_compact, L_margin, L_reg, present (P), centroid (P×d)); only the
+  // first two carry a gradient
   static variable_list forward(AutogradContext* ctx, at::Tensor features, at::Tensor weight,
                                const c10::optional<at::Tensor>& maybe_bias,
                                at::Tensor labels, at::Tensor centroids, at::Tensor seen, double delta_v,
@@ -119,9 +120,10 @@ struct PresentStep : public torch::autograd::Function<PresentStep> {
     ctx->saved_data["inter"] = std::vector<at::Tensor>{labels, present, rows, nearest, centroid, work, log_prob};
     ctx->saved_data["bias"] = bias.defined();
     ctx->saved_data["hp"] = std::vector<double>{delta_v, delta_d, compact_coef, margin_coef, reg_coef};
-    at::Tensor terms = out.slice(0, 1);
-    ctx->mark_non_differentiable({terms, present, centroid});
-    return {out[0], logits, terms, present, centroid};
+    // the terms as four scalars (HeadOutput.terms): selected here, not unbound in Python
+    at::Tensor ce = out[1], compact = out[2], margin = out[3], reg = out[4];
+    ctx->mark_non_differentiable({ce, compact, margin, reg, present, centroid});
+    return {out[0], logits, ce, compact, margin, reg, present, centroid};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -162,7 +164,7 @@ struct PresentStep : public torch::autograd::Function<PresentStep> {
       kernels<scalar_t>().scatter(dim, n, ptr<int64_t>(present), ptr<int64_t>(nearest), ptr<scalar_t>(pair_grad),
                                   ptr<scalar_t>(pair_gb), ptr<scalar_t>(grad_weight), ptr<scalar_t>(grad_b));
     });
-    variable_list result(14);
+    variable_list result(14);  // one per forward input after ctx
     result[0] = grad_f;
     result[1] = grad_weight;
     result[2] = grad_b;

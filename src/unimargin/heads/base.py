@@ -178,15 +178,20 @@ class Head(nn.Module):
     def _prepare(self, features: Tensor) -> Tensor:
         """Validate and cast features to the parameters' dtype (float32 loss maths)."""
         self.check_features(features)
-        return features.to(dtype=self.weight.dtype, device=self.weight.device)
+        weight = self.weight
+        if features.dtype is weight.dtype and features.device == weight.device:
+            return features  # what .to() returns, without its per-step call
+        return features.to(dtype=weight.dtype, device=weight.device)
 
     # ------------------------------------------------------------------ API
     def forward(self, features: Tensor, labels: Tensor) -> HeadOutput:
         features = self._prepare(features)
         self.check_labels(labels, features.shape[0])
-        labels = labels.to(device=features.device, dtype=torch.long)
-        if torch.is_autocast_enabled(features.device.type):
-            with torch.autocast(device_type=features.device.type, enabled=False):
+        device = features.device
+        if labels.dtype is not torch.long or labels.device != device:
+            labels = labels.to(device=device, dtype=torch.long)
+        if torch.is_autocast_enabled(device.type):
+            with torch.autocast(device_type=device.type, enabled=False):
                 return self._loss(features, labels)
         return self._loss(features, labels)
 

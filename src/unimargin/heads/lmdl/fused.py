@@ -277,10 +277,10 @@ def lmdl_present_step(features: Tensor, weight: Tensor, bias: Tensor | None, lab
     if features.shape[0] == 0:
         raise ValueError("lmdl_present_step needs a non-empty batch (LMDLHead returns an explicit zero loss)")
     if lmdl_op.usable(features, weight, bias, centroids):  # the same step as one C++ autograd node
-        loss, logits, terms, present, centroid = lmdl_op.present_step(
+        loss, logits, *terms, present, centroid = lmdl_op.present_step(
             features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum, compact_coef, margin_coef,
             reg_coef, unit_roundoff(features, weight), update_buffers)
-        return LMDLPresentResult(loss, terms, present, centroid, logits)
+        return LMDLPresentResult(loss, torch.stack(terms), present, centroid, logits)
     extras: list = []
     loss, logits = LMDLPresentStep.apply(features, weight, bias, labels, centroids, seen, delta_v, delta_d,
                                          momentum, compact_coef, margin_coef, reg_coef, update_buffers, extras)

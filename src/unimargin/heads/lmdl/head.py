@@ -22,11 +22,12 @@ from .terms import AGGREGATIONS, _identity, lmdl_terms
 # whenever the batch is split over processes.
 FUSED_MAX_K = 64
 # Max aggregation on the CPU with the compiled kernel: the present-class step above these K
-# (and wherever the small all-classes kernel does not apply). Measured crossovers (B = 256,
-# d = 128/512, 1 thread; docs/heads/lmdl.md): with the C++ operator (lmdl_op) the present
-# step is faster from K = 16 on (K = 10: 1.43x vs 1.53x plain); as the Python
-# autograd.Function over ctypes (no C++ compiler) the all-classes kernel is faster up to K ≈ 24-32.
-PRESENT_MIN_K = 12
+# (and wherever the small all-classes kernel does not apply). Measured (B = 256, d = 128/512,
+# 1 thread; docs/heads/lmdl.md): with the C++ operator (lmdl_op) the present step is as fast
+# or faster at every K, K = 10 included (1.44x vs 1.49x plain at d = 128), so there is no
+# threshold; as the Python autograd.Function over ctypes (no C++ compiler) the all-classes
+# kernel is faster up to K ≈ 24-32.
+PRESENT_MIN_K = 0
 PRESENT_MIN_K_PYTHON = 32
 
 
@@ -47,15 +48,22 @@ def step_path(num_classes: int, distributed: bool, aggregation: str = "max", ten
       implementation (GPU, bf16, no compiler).
 
     ``tensors`` = (features, weight, bias, centroids) of the step; None: no kernel applies."""
+    return _dispatch(num_classes, distributed, aggregation, tensors)[0]
+
+
+def _dispatch(num_classes: int, distributed: bool, aggregation: str, tensors: tuple | None) -> tuple[str, bool]:
+    """(:func:`step_path`, whether the present step runs as the C++ operator)."""
     if distributed or getattr(_local, "depth", 0):
-        return "terms"
+        return "terms", False
     if aggregation == "max" and tensors is not None:
         op = lmdl_op.usable(*tensors)
+        if op and num_classes > PRESENT_MIN_K:  # the common case first: one check
+            return "present", True
         if op or lmdl_kernel.present_usable(*tensors):
             crossover = PRESENT_MIN_K if op else PRESENT_MIN_K_PYTHON
             if num_classes > crossover or not (num_classes <= FUSED_MAX_K and lmdl_kernel.usable(*tensors)):
-                return "present"
-    return "fused" if num_classes <= FUSED_MAX_K else "terms"
+                return "present", op
+    return ("fused" if num_classes <= FUSED_MAX_K else "terms"), False
 
 
 @contextlib.contextmanager
@@ -135,11 +143,18 @@ class LMDLHead(LinearHead):
         sync = self.training and udist.is_distributed()
         if features.shape[0] == 0 and not sync:
             return self._zero_output(features, names)
-        path = step_path(self.num_classes, sync, self.aggregation, (features, self.weight, self.bias, self.centroids))
+        weight, bias, centroids = self.weight, self.bias, self.centroids
+        path, op = _dispatch(self.num_classes, sync, self.aggregation, (features, weight, bias, centroids))
         if path == "present":  # one autograd node over the present classes, any K
             lam = self.disc_weight
+            if op:  # the C++ operator directly: its checks were just made (one step = one Python call)
+                loss, logits, *terms, present, new_centroids = lmdl_op.present_step(
+                    features, weight, bias, labels, centroids, self.seen, self.delta_v, self.delta_d,
+                    self.momentum, lam * self.compact_weight, lam * self.margin_weight, lam * self.reg_weight,
+                    lmdl_op.CPU_UNIT_ROUNDOFF[features.dtype], self.training)
+                return HeadOutput(loss, logits, dict(zip(names, terms)))
             loss, terms, present, new_centroids, logits = lmdl_present_step(
-                features, self.weight, self.bias, labels, self.centroids, self.seen, delta_v=self.delta_v,
+                features, weight, bias, labels, centroids, self.seen, delta_v=self.delta_v,
                 delta_d=self.delta_d, momentum=self.momentum,
                 compact_coef=lam * self.compact_weight, margin_coef=lam * self.margin_weight,
                 reg_coef=lam * self.reg_weight, update_buffers=self.training)  # the kernel writes M, seen

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from unimargin import build_head, list_heads
-from unimargin._native import lmdl_kernel
+from unimargin._native import lmdl_kernel, lmdl_op
 from unimargin.heads.lmdl import head as lmdl_head
 
 K_GRID = (10, 32, 64, 65, 100, 256, 1000, 10000)
@@ -133,6 +133,14 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
             return lmdl_off(f, labels).loss
 
     steps["lmdl-pytorch"] = make_step(lmdl_pytorch, lmdl_off)
+    lmdl_py = build_head("lmdl", K, d)
+    lmdl_py.validate = False
+
+    def lmdl_no_cpp(f):
+        with lmdl_op.disabled():
+            return lmdl_py(f, labels).loss
+
+    steps["lmdl-no-c++"] = make_step(lmdl_no_cpp, lmdl_py)
     steps.update(floor_steps(feats, labels, K, d, make_step))
     wall = {k: [] for k in steps}
     cpu = {k: [] for k in steps}
@@ -160,7 +168,8 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
 
 
 def bench_crossover(threads_list, repeats=9):
-    """Rows (threads, B, K, d, plain ms, lmdl/plain, present-step/plain, all-classes-kernel/plain)."""
+    """Rows (threads, B, K, d, plain ms, lmdl/plain, present-step/plain (C++ operator),
+    present-step/plain (Python Function), all-classes-kernel/plain)."""
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -174,16 +183,22 @@ def bench_crossover(threads_list, repeats=9):
                 module.zero_grad(set_to_none=True)
                 loss_fn(feats.clone().requires_grad_()).backward()
 
-            def forced(f, min_k):
-                saved, lmdl_head.PRESENT_MIN_K = lmdl_head.PRESENT_MIN_K, min_k
+            def forced(f, min_k, cpp=True):
+                saved = lmdl_head.PRESENT_MIN_K, lmdl_head.PRESENT_MIN_K_PYTHON
+                lmdl_head.PRESENT_MIN_K = lmdl_head.PRESENT_MIN_K_PYTHON = min_k
                 try:
-                    return head(f, labels).loss
+                    if cpp:
+                        return head(f, labels).loss
+                    with lmdl_op.disabled():
+                        return head(f, labels).loss
                 finally:
-                    lmdl_head.PRESENT_MIN_K = saved
+                    lmdl_head.PRESENT_MIN_K, lmdl_head.PRESENT_MIN_K_PYTHON = saved
 
             variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
                         "lmdl": (head, lambda f: head(f, labels).loss),
-                        "forced": (head, lambda f: forced(f, 0)), "small": (head, lambda f: forced(f, 1 << 30))}
+                        "forced": (head, lambda f: forced(f, 0)),
+                        "forced-py": (head, lambda f: forced(f, 0, cpp=False)),
+                        "small": (head, lambda f: forced(f, 1 << 30))}
             times = {k: [] for k in variants}
             for r in range(repeats + 1):
                 for k, (module, loss_fn) in variants.items():
@@ -192,18 +207,62 @@ def bench_crossover(threads_list, repeats=9):
                         times[k].append(tw)
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"],
-                         med["forced"] / med["plain"], med["small"] / med["plain"]))
+                         med["forced"] / med["plain"], med["forced-py"] / med["plain"], med["small"] / med["plain"]))
             print(f"crossover threads={threads} B={B} K={K} d={d} done", flush=True)
     return rows
+
+
+def bench_pairs(threads_list, repeats=15):
+    """Rows (threads, B, K, d, plain ms, lmdl/plain): plain and the shipped lmdl head alone,
+    alternating step by step over the whole K grid (each one's caches as warm as a training
+    loop of the layer would leave them; the main table's 16-method rotation leaves them cold)."""
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for B, K, d in CONFIGS:
+            gen = torch.Generator().manual_seed(0)
+            feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
+            linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
+            head.validate = False
+
+            def step(module, loss_fn):
+                module.zero_grad(set_to_none=True)
+                loss_fn(feats.clone().requires_grad_()).backward()
+
+            variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
+                        "lmdl": (head, lambda f: head(f, labels).loss)}
+            times = {k: [] for k in variants}
+            for r in range(repeats + 2):
+                for k, (module, loss_fn) in variants.items():
+                    tw, _ = _timed(lambda: step(module, loss_fn))
+                    if r >= 2:
+                        times[k].append(tw)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"]))
+    return rows
+
+
+def format_pairs(rows) -> str:
+    if not rows:
+        return "(not measured: --quick)"
+    grid = sorted({(r[2]) for r in rows})
+    lines = ["| threads | d | " + " | ".join(f"K = {k}" for k in grid) + " |", "|---|---|" + "---|" * len(grid)]
+    for threads in sorted({r[0] for r in rows}):
+        for d in sorted({r[3] for r in rows}):
+            cells = {r[2]: r[5] for r in rows if r[0] == threads and r[3] == d}
+            lines.append(f"| {threads} | {d} | " + " | ".join(f"{cells[k]:.2f}" for k in grid) + " |")
+    return "\n".join(lines)
 
 
 def format_crossover(rows) -> str:
     if not rows:
         return "(not measured: --quick)"
-    lines = ["| threads | B | K | d | plain (ms) | lmdl (as shipped) | present-class step | all-classes kernel |",
-             "|---|---|---|---|---|---|---|---|"]
-    for threads, B, K, d, plain_ms, shipped, forced, small in rows:
-        lines.append(f"| {threads} | {B} | {K} | {d} | {plain_ms:.2f} | {shipped:.2f} | {forced:.2f} | {small:.2f} |")
+    lines = ["| threads | B | K | d | plain (ms) | lmdl (as shipped) | present step, C++ operator "
+             "| present step, Python Function | all-classes kernel |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for threads, B, K, d, plain_ms, shipped, forced, forced_py, small in rows:
+        lines.append(f"| {threads} | {B} | {K} | {d} | {plain_ms:.2f} | {shipped:.2f} | {forced:.2f} "
+                     f"| {forced_py:.2f} | {small:.2f} |")
     return "\n".join(lines)
 
 
@@ -225,7 +284,7 @@ def main(argv=None):
     threads_list = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
     configs = QUICK if args.quick else CONFIGS
-    names = list_heads() + ["lmdl-pytorch", *FLOORS]
+    names = list_heads() + ["lmdl-no-c++", "lmdl-pytorch", *FLOORS]
     repeats = args.repeats or (3 if args.quick else 7)
     sections = []
     for threads in threads_list:
@@ -244,6 +303,7 @@ def main(argv=None):
         sections.append(f"### {threads} thread(s): load (1/5/15 min) {load_start} at the start, {_load()} at the end\n\n"
                         + "\n".join(lines))
     crossover = [] if args.quick else bench_crossover(threads_list)
+    pairs = [] if args.quick else bench_pairs(threads_list)
     meta = (f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, median of {repeats} "
             f"round-robin repetitions after 2 warm-up rounds, {'--quick, ' if args.quick else ''}"
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -261,18 +321,28 @@ The machine is shared with other jobs (2 cores): the load average is given per t
 Heads run with `validate=False`, the engine's steady state (it checks input values on the
 first step of each epoch only: two `aminmax` reads). `lmdl` is the head as shipped
 (dispatch `step_path` in heads/lmdl/head.py; CPU kernel: {lmdl_kernel.status()});
-`lmdl-pytorch` the same head with the kernel disabled (`lmdl_kernel.disabled()`: what runs
-on a GPU or without a compiler). `floor-*` are arithmetic floors in plain PyTorch ops
+C++ operator: {lmdl_op.status()}. `lmdl-no-c++` is the same head without the C++ operator
+(`lmdl_op.disabled()`: the present step as a Python autograd.Function over the C kernel, what
+runs without a C++ compiler); `lmdl-pytorch` the same head with the kernels disabled
+(`lmdl_kernel.disabled()`: what runs on a GPU or without a C compiler). `floor-*` are arithmetic floors in plain PyTorch ops
 (`floor_steps`): plain + the lmdl Gram W_p Wᵀ; the CE of s·cos (normalising f and W);
 linear + a softplus BCE.
 
 {body}
 
-lmdl's two compiled steps around the crossover `PRESENT_MIN_K` (median of 9, ratio to plain
-in the same run): the all-classes kernel (`LMDLFusedStep`, K <= 64) and the present-class
-step (`LMDLPresentStep`, any K):
+lmdl's compiled steps around the crossovers `PRESENT_MIN_K` (C++ operator) and
+`PRESENT_MIN_K_PYTHON` (median of 9, ratio to plain in the same run): the present-class step
+(any K) as the C++ operator and as the Python `LMDLPresentStep`, and the all-classes kernel
+(`LMDLFusedStep`, K <= 64):
 
 {format_crossover(crossover)}
+
+lmdl (as shipped) against plain alone, the two alternating step by step (median of 15; a
+2-method rotation keeps each one's caches as warm as a training loop of the bare layer
+would, the 16-method rotation above leaves them colder, which costs the head with the
+larger working set more):
+
+{format_pairs(pairs)}
 """
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

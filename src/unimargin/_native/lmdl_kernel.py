@@ -66,6 +66,15 @@ _KERNEL = NativeKernel("lmdl_kernel", SOURCE, FLAGS, _declare, optional_flags=NA
 status, load, reset, disabled = _KERNEL.status, _KERNEL.load, _KERNEL.reset, _KERNEL.disabled
 
 
+# The refusal of create_graph=True by the hand-derived backwards (heads/lmdl/fused.py's two
+# steps and the C++ operator of lmdl_op, which receives it at load time)
+NO_DOUBLE_BACKWARD = (
+    "lmdl: second-order gradients (create_graph=True) are not supported through the fused "
+    "single-process steps (LMDLFusedStep, LMDLPresentStep); run the head's forward inside "
+    "`with unimargin.heads.lmdl.autograd_path(): ...` to use THE formula (heads/lmdl/terms.py) "
+    "under autograd, which supports them")
+
+
 # The kernel is single-threaded: above B·K·d·threads multiply-adds per step the PyTorch
 # path (multi-threaded BLAS) is as fast or faster (docs/benchmarks.md, crossover table)
 MAX_WORK = 1 << 25

@@ -52,8 +52,12 @@ const Kernels<double>& kernels<double>() { return k64; }
 template <typename T>
 T* ptr(const at::Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; }
 
-void set_kernels(std::vector<int64_t> addresses) {
+// the refusal of create_graph=True: its text has one home, lmdl_kernel.NO_DOUBLE_BACKWARD (set_kernels)
+std::string no_double_backward = "lmdl: second-order gradients are not supported through this step";
+
+void set_kernels(std::vector<int64_t> addresses, std::string no_double_backward_message) {
   TORCH_CHECK(addresses.size() == 8, "unimargin_lmdl.set_kernels: expected 8 addresses, got ", addresses.size());
+  no_double_backward = std::move(no_double_backward_message);
   present_fn = reinterpret_cast<PresentFn>(addresses[0]);
   work_size_fn = reinterpret_cast<WorkSizeFn>(addresses[1]);
   k32.forward = reinterpret_cast<Kernels<float>::Forward>(addresses[2]);
@@ -63,12 +67,6 @@ void set_kernels(std::vector<int64_t> addresses) {
   k64.backward = reinterpret_cast<Kernels<double>::Backward>(addresses[6]);
   k64.scatter = reinterpret_cast<Kernels<double>::Scatter>(addresses[7]);
 }
-
-const char* kNoDoubleBackward =
-    "lmdl: second-order gradients (create_graph=True) are not supported through the fused "
-    "single-process steps (LMDLFusedStep, LMDLPresentStep); run the head's forward inside "
-    "`with unimargin.heads.lmdl.autograd_path(): ...` to use THE formula (heads/lmdl/terms.py) "
-    "under autograd, which supports them";
 
 struct PresentStep : public torch::autograd::Function<PresentStep> {
   // returns (loss, logits, CE, L_compact, L_margin, L_reg, present (P), centroid (P×d)); only the
@@ -127,7 +125,7 @@ struct PresentStep : public torch::autograd::Function<PresentStep> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), kNoDoubleBackward);
+    TORCH_CHECK(!at::GradMode::is_enabled(), no_double_backward);
     auto saved = ctx->get_saved_variables();
     at::Tensor features = saved[0], weight = saved[1];
     auto inter = ctx->saved_data["inter"].toTensorVector();
@@ -184,7 +182,7 @@ std::vector<at::Tensor> present_step(const at::Tensor& features, const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY(unimargin_lmdl, m) {
-  m.def("set_kernels(int[] addresses) -> ()");
+  m.def("set_kernels(int[] addresses, str no_double_backward_message) -> ()");
   m.def(
       "present_step(Tensor features, Tensor weight, Tensor? bias, Tensor labels, Tensor(a!) centroids, "
       "Tensor(b!) seen, float delta_v, float delta_d, float momentum, float compact_coef, float margin_coef, "

@@ -55,7 +55,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     names = ["lmdl_present", "lmdl_present_work_size"] + [
         f"lmdl_present_{part}_{suffix}" for suffix in ("f32", "f64") for part in ("forward", "backward", "scatter")]
     addresses = [ctypes.cast(getattr(kernel, name), ctypes.c_void_p).value for name in names]
-    getattr(torch.ops, NAMESPACE).set_kernels(addresses)
+    getattr(torch.ops, NAMESPACE).set_kernels(addresses, lmdl_kernel.NO_DOUBLE_BACKWARD)
 
 
 _OP = NativeKernel("lmdl_op", SOURCE, FLAGS, _declare, language="c++", libs=_torch_flags)

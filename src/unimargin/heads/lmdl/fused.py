@@ -251,11 +251,7 @@ class LMDLPresentStep(torch.autograd.Function):
         return (grad_f, grad_weight, grad_bias) + (None,) * 11
 
 
-_NO_DOUBLE_BACKWARD = (
-    "lmdl: second-order gradients (create_graph=True) are not supported through the fused "
-    "single-process steps (LMDLFusedStep, LMDLPresentStep); run the head's forward inside "
-    "`with unimargin.heads.lmdl.autograd_path(): ...` to use THE formula (heads/lmdl/terms.py) "
-    "under autograd, which supports them")
+_NO_DOUBLE_BACKWARD = lmdl_kernel.NO_DOUBLE_BACKWARD
 
 
 class LMDLPresentResult(NamedTuple):

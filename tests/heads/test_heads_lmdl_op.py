@@ -67,6 +67,12 @@ def test_cpp_operator_errors_name_the_problem():
     hp = (0.5, 1.5, 0.9, 1.0, 1.0, 0.0, unit_roundoff(f, W), False)
     with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=40\).*label -1 at position 3"):
         lmdl_op.present_step(f, W, None, torch.tensor([0, 1, 2, -1, 3, 4]), M, seen, *hp)
+    with pytest.raises(ValueError, match="contiguous centroids and a contiguous bool seen"):
+        lmdl_op.present_step(f, W, None, torch.arange(6), torch.zeros(3, 40).t(), seen, *hp)
+    with pytest.raises(ValueError, match="contiguous centroids and a contiguous bool seen"):
+        lmdl_op.present_step(f, W, None, torch.arange(6), M, seen.to(torch.uint8), *hp)
+    with pytest.raises(ValueError, match="of one dtype"):
+        lmdl_op.present_step(f, W, None, torch.arange(6), M.double(), seen, *hp)
     loss = lmdl_op.present_step(f, W, None, torch.arange(6), M, seen, *hp)[0]
     with pytest.raises(RuntimeError, match=r"create_graph=True.*autograd_path"):
         torch.autograd.grad(loss, [f], create_graph=True)

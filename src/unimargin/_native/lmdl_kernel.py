@@ -101,8 +101,8 @@ def present_usable(features: Tensor, weight: Tensor, bias: Tensor | None, centro
     dtype = features.dtype
     if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
         return False
-    if not centroids.is_contiguous():
-        return False
+    if not centroids.is_contiguous() or (bias is not None and not bias.is_contiguous()):
+        return False  # read raw by the kernel (the bias through its address)
     if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or _KERNEL.is_disabled:
         return False
     return load() is not None

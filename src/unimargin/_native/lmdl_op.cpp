@@ -103,8 +103,13 @@ struct PresentStep : public torch::autograd::Function<PresentStep> {
     at::Tensor order = at::empty({batch + n + 1}, long_opts);
     at::Tensor wsq = at::empty({num_classes}, features.options());
     at::Tensor work = at::empty({work_size_fn(batch, n, dim)}, features.options());
-    centroids = centroids.contiguous();
-    seen = seen.contiguous();
+    // the kernel reads these raw and, with update, writes M and seen in place: no copies
+    TORCH_CHECK_VALUE(weight.scalar_type() == features.scalar_type() && centroids.scalar_type() == features.scalar_type()
+                          && (!bias.defined() || bias.scalar_type() == features.scalar_type()),
+                      "present_step needs features, weight, bias and centroids of one dtype");
+    TORCH_CHECK_VALUE(centroids.is_contiguous() && seen.is_contiguous() && seen.scalar_type() == at::kBool,
+                      "present_step needs contiguous centroids and a contiguous bool seen buffer");
+    if (bias.defined()) TORCH_CHECK_VALUE(bias.is_contiguous(), "present_step needs a contiguous bias");
     AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lmdl_present_forward", [&] {
       kernels<scalar_t>().forward(
           batch, num_classes, dim, n, ptr<scalar_t>(features), ptr<scalar_t>(weight), ptr<scalar_t>(bias),

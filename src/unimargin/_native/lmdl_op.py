@@ -80,7 +80,8 @@ def usable(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     dtype = features.dtype
     if not (dtype is weight.dtype is centroids.dtype and (bias is None or bias.dtype is dtype)):
         return False
-    if dtype not in lmdl_kernel.DTYPES or not (features.is_cpu and weight.is_cpu and centroids.is_contiguous()):
+    if dtype not in lmdl_kernel.DTYPES or not (features.is_cpu and weight.is_cpu and centroids.is_contiguous()
+                                               and (bias is None or bias.is_contiguous())):
         return False
     if _OP.is_disabled or lmdl_kernel._KERNEL.is_disabled:
         return False

@@ -93,8 +93,9 @@ class LMDLHead(LinearHead):
     uses the stored centroids of seen classes but the buffers never change.
 
     Dispatch (:func:`step_path`): on one process the whole step (logits, CE and the three
-    terms) is one autograd node with a hand-derived backward, :class:`LMDLPresentStep`
-    (max aggregation, CPU kernel, any K) or :class:`LMDLFusedStep` (K ≤ ``FUSED_MAX_K``);
+    terms) is one autograd node with a hand-derived backward: the present-class step (max
+    aggregation, CPU kernel, any K; the C++ operator of :mod:`unimargin._native.lmdl_op`,
+    else :class:`LMDLPresentStep`) or :class:`LMDLFusedStep` (K ≤ ``FUSED_MAX_K``);
     otherwise THE formula, :func:`lmdl_terms`, under autograd.
 
     Distributed (training mode, torch.distributed initialised): class sums, counts and

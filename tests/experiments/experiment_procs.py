@@ -2,6 +2,7 @@
 subprocess with this checkout importable, and the process tree read from /proc (Linux)."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,18 @@ def run_cli(args, cwd=None, timeout=600, **extra_env) -> subprocess.CompletedPro
 
 def start_cli(args, log_path, cwd=None, **extra_env) -> subprocess.Popen:
     """`python -m unimargin ARGS` in the background, in its own session (a signal sent to
-    it reaches it alone, not pytest), stdout and stderr to ``log_path``."""
+    it reaches it alone, not pytest), stdout and stderr to ``log_path``. Ctrl-C has its
+    default disposition in the child, as in a user's terminal: a test suite started as a
+    background job of a non-interactive shell inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler."""
     with open(log_path, "w") as log:
         return subprocess.Popen([sys.executable, "-m", "unimargin", *map(str, args)], cwd=cwd,
                                 env=cli_env(**extra_env), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def descendants(pid: int) -> list[int]:

@@ -167,6 +167,49 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
             {k: statistics.median(v) for k, v in cpu.items()})
 
 
+def _lmdl_rotation(B, K, d, repeats, warmup, extra=None) -> dict:
+    """Median wall seconds of plain, the shipped lmdl head and ``extra(head, labels)``'s
+    variants ({name: loss_fn}), timed round-robin one step each (the rotation of
+    :func:`bench_crossover` and :func:`bench_pairs`)."""
+    gen = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
+    linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
+    head.validate = False
+
+    def step(module, loss_fn):
+        module.zero_grad(set_to_none=True)
+        loss_fn(feats.clone().requires_grad_()).backward()
+
+    variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
+                "lmdl": (head, lambda f: head(f, labels).loss)}
+    variants.update({k: (head, fn) for k, fn in (extra(head, labels) if extra else {}).items()})
+    times = {k: [] for k in variants}
+    for r in range(warmup + repeats):
+        for k, (module, loss_fn) in variants.items():
+            tw, _ = _timed(lambda: step(module, loss_fn))
+            if r >= warmup:
+                times[k].append(tw)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _forced_steps(head, labels) -> dict:
+    """The crossover variants: the present step forced at every K (C++ operator, Python
+    Function) and the all-classes kernel forced (thresholds set for this call only)."""
+    def forced(f, min_k, cpp=True):
+        saved = lmdl_head.PRESENT_MIN_K, lmdl_head.PRESENT_MIN_K_PYTHON
+        lmdl_head.PRESENT_MIN_K = lmdl_head.PRESENT_MIN_K_PYTHON = min_k
+        try:
+            if cpp:
+                return head(f, labels).loss
+            with lmdl_op.disabled():
+                return head(f, labels).loss
+        finally:
+            lmdl_head.PRESENT_MIN_K, lmdl_head.PRESENT_MIN_K_PYTHON = saved
+
+    return {"forced": lambda f: forced(f, 0), "forced-py": lambda f: forced(f, 0, cpp=False),
+            "small": lambda f: forced(f, 1 << 30)}
+
+
 def bench_crossover(threads_list, repeats=9):
     """Rows (threads, B, K, d, plain ms, lmdl/plain, present-step/plain (C++ operator),
     present-step/plain (Python Function), all-classes-kernel/plain)."""
@@ -174,38 +217,7 @@ def bench_crossover(threads_list, repeats=9):
     for threads in threads_list:
         torch.set_num_threads(threads)
         for B, K, d in CROSSOVER:
-            gen = torch.Generator().manual_seed(0)
-            feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
-            linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
-            head.validate = False
-
-            def step(module, loss_fn):
-                module.zero_grad(set_to_none=True)
-                loss_fn(feats.clone().requires_grad_()).backward()
-
-            def forced(f, min_k, cpp=True):
-                saved = lmdl_head.PRESENT_MIN_K, lmdl_head.PRESENT_MIN_K_PYTHON
-                lmdl_head.PRESENT_MIN_K = lmdl_head.PRESENT_MIN_K_PYTHON = min_k
-                try:
-                    if cpp:
-                        return head(f, labels).loss
-                    with lmdl_op.disabled():
-                        return head(f, labels).loss
-                finally:
-                    lmdl_head.PRESENT_MIN_K, lmdl_head.PRESENT_MIN_K_PYTHON = saved
-
-            variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
-                        "lmdl": (head, lambda f: head(f, labels).loss),
-                        "forced": (head, lambda f: forced(f, 0)),
-                        "forced-py": (head, lambda f: forced(f, 0, cpp=False)),
-                        "small": (head, lambda f: forced(f, 1 << 30))}
-            times = {k: [] for k in variants}
-            for r in range(repeats + 1):
-                for k, (module, loss_fn) in variants.items():
-                    tw, _ = _timed(lambda: step(module, loss_fn))
-                    if r:
-                        times[k].append(tw)
-            med = {k: statistics.median(v) for k, v in times.items()}
+            med = _lmdl_rotation(B, K, d, repeats, warmup=1, extra=_forced_steps)
             rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"],
                          med["forced"] / med["plain"], med["forced-py"] / med["plain"], med["small"] / med["plain"]))
             print(f"crossover threads={threads} B={B} K={K} d={d} done", flush=True)
@@ -220,24 +232,7 @@ def bench_pairs(threads_list, repeats=15):
     for threads in threads_list:
         torch.set_num_threads(threads)
         for B, K, d in CONFIGS:
-            gen = torch.Generator().manual_seed(0)
-            feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
-            linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
-            head.validate = False
-
-            def step(module, loss_fn):
-                module.zero_grad(set_to_none=True)
-                loss_fn(feats.clone().requires_grad_()).backward()
-
-            variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
-                        "lmdl": (head, lambda f: head(f, labels).loss)}
-            times = {k: [] for k in variants}
-            for r in range(repeats + 2):
-                for k, (module, loss_fn) in variants.items():
-                    tw, _ = _timed(lambda: step(module, loss_fn))
-                    if r >= 2:
-                        times[k].append(tw)
-            med = {k: statistics.median(v) for k, v in times.items()}
+            med = _lmdl_rotation(B, K, d, repeats, warmup=2)
             rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"]))
     return rows
 

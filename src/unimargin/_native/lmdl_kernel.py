@@ -97,15 +97,15 @@ def present_usable(features: Tensor, weight: Tensor, bias: Tensor | None, centro
     """Whether the present-class step (:class:`unimargin.heads.lmdl.fused.LMDLPresentStep`)
     runs: CPU tensors of one float32/float64 dtype, not :func:`disabled`, a kernel built. No
     size limit: its big products run in the (multi-threaded) BLAS, the kernel does the rest.
-    The centroid buffer must be contiguous (the kernel updates it in place in training)."""
+    The centroid buffer (updated in place in training) and the bias (read through its
+    address) must be contiguous. Checked every step, so written as a few attribute tests."""
     dtype = features.dtype
-    if dtype not in DTYPES or features.device.type != "cpu" or weight.dtype != dtype or centroids.dtype != dtype:
+    if not (dtype is weight.dtype is centroids.dtype and (bias is None or bias.dtype is dtype)):
         return False
-    if not centroids.is_contiguous() or (bias is not None and not bias.is_contiguous()):
-        return False  # read raw by the kernel (the bias through its address)
-    if weight.device.type != "cpu" or (bias is not None and bias.dtype != dtype) or _KERNEL.is_disabled:
+    if dtype not in DTYPES or not (features.is_cpu and weight.is_cpu and centroids.is_contiguous()
+                                   and (bias is None or bias.is_contiguous())):
         return False
-    return load() is not None
+    return not _KERNEL.is_disabled and (_KERNEL.lib is not None or load() is not None)
 
 
 def present_classes(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:

@@ -73,23 +73,11 @@ def load():
 
 
 def usable(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, centroids: torch.Tensor) -> bool:
-    """Whether ``present_step`` runs this step: the conditions of
-    :func:`unimargin._native.lmdl_kernel.present_usable` (CPU tensors of one float32/float64
-    dtype, contiguous centroids, the C kernel not disabled), not :func:`disabled`, and the
-    operator built. Checked every step, so written as a few attribute tests."""
-    dtype = features.dtype
-    if not (dtype is weight.dtype is centroids.dtype and (bias is None or bias.dtype is dtype)):
-        return False
-    if dtype not in lmdl_kernel.DTYPES or not (features.is_cpu and weight.is_cpu and centroids.is_contiguous()
-                                               and (bias is None or bias.is_contiguous())):
-        return False
-    if _OP.is_disabled or lmdl_kernel._KERNEL.is_disabled:
+    """Whether ``present_step`` runs this step: :func:`unimargin._native.lmdl_kernel.present_usable`
+    (the same conditions), not :func:`disabled`, and the operator built."""
+    if _OP.is_disabled or not lmdl_kernel.present_usable(features, weight, bias, centroids):
         return False
     return _OP.lib is not None or load() is not None
-
-
-# unit roundoff of CPU matmuls (heads/lmdl/terms.unit_roundoff: finfo(dtype).eps / 2)
-CPU_UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
 
 
 def present_step(features, weight, bias, labels, centroids, seen, delta_v, delta_d, momentum, compact_coef,

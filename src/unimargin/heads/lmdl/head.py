@@ -16,7 +16,7 @@ from ..registry import CAREFUL, register_head
 from unimargin._native import lmdl_kernel, lmdl_op
 
 from .fused import lmdl_fused_step, lmdl_present_step
-from .terms import AGGREGATIONS, _identity, lmdl_terms
+from .terms import AGGREGATIONS, CPU_UNIT_ROUNDOFF, _identity, lmdl_terms
 
 # Fused single-process step for K <= FUSED_MAX_K; THE formula (terms.py) otherwise and
 # whenever the batch is split over processes.
@@ -152,7 +152,7 @@ class LMDLHead(LinearHead):
                 loss, logits, *terms, present, new_centroids = lmdl_op.present_step(
                     features, weight, bias, labels, centroids, self.seen, self.delta_v, self.delta_d,
                     self.momentum, lam * self.compact_weight, lam * self.margin_weight, lam * self.reg_weight,
-                    lmdl_op.CPU_UNIT_ROUNDOFF[features.dtype], self.training)
+                    CPU_UNIT_ROUNDOFF[features.dtype], self.training)
                 return HeadOutput(loss, logits, dict(zip(names, terms)))
             loss, terms, present, new_centroids, logits = lmdl_present_step(
                 features, weight, bias, labels, centroids, self.seen, delta_v=self.delta_v,

@@ -133,6 +133,10 @@ def safe_norm(x: Tensor) -> Tensor:
     return torch.where(nonzero, torch.where(nonzero, sq, 1.0).sqrt(), 0.0)
 
 
+# finfo(dtype).eps / 2 of the CPU dtypes, looked up once (the lmdl head reads it every step)
+CPU_UNIT_ROUNDOFF = {dtype: torch.finfo(dtype).eps / 2 for dtype in (torch.float32, torch.float64)}
+
+
 def unit_roundoff(*tensors: Tensor) -> float:
     """The unit roundoff u of the least precise arithmetic the tensors' matmuls run in:
     finfo(dtype).eps / 2, and 2^-11 for float32 on CUDA when TF32 matmuls are allowed

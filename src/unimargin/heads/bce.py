@@ -14,6 +14,7 @@ from .registry import CAREFUL, register_head
 
 _DEFAULT_SCALE = 16.0
 _DEFAULT_MARGIN = 0.0
+_SOFTPLUS_THRESHOLD = 20.0  # F.softplus's default: linear beyond it, in the formula and its fast path
 
 
 def bce_loss(z: Tensor, labels: Tensor, neg_weight: float, neg_mask: Tensor | None = None,
@@ -28,17 +29,98 @@ def bce_loss(z: Tensor, labels: Tensor, neg_weight: float, neg_mask: Tensor | No
     |z| ≥ 1e4. Returns (loss, pos, neg) with pos/neg the per-sample means of the two parts
     (neg unweighted; neg = total − pos, a diagnostic).
     """
-    n = max(z.shape[0], 1)
     index = labels[:, None]
     if z_pos is None:
         z_pos = z.gather(1, index)
-    terms = F.softplus(z.scatter(1, index, -z_pos))          # softplus(−z⁺) at y_i, softplus(z_ik) elsewhere
-    pos = terms.gather(1, index).sum()
+    # softplus(−z⁺) at y_i, softplus(z_ik) elsewhere
+    terms = F.softplus(z.scatter(1, index, -z_pos), threshold=_SOFTPLUS_THRESHOLD)
     if neg_mask is not None:
         terms = terms * neg_mask.scatter(1, index, 1.0)       # the positive term is never dropped
+    return _signed_sums(terms, index, neg_weight)
+
+
+class BCEStep(torch.autograd.Function):
+    """Fast path of :func:`bce_loss` for logits z = a − b (SPEC §2.7), tested equal to it.
+
+    ``BCEStep.apply(a, bias, labels, shift, neg_weight) -> (loss, logits, pos, neg)`` runs
+    the formula's forward ops (z = a − b, z⁺ = z_{i,y_i} − ``shift``, one softplus pass over
+    the signed logits) and writes the backward by hand:
+
+        ∂L/∂signed = softplus′(signed) · ∂L/∂terms,   ∂L/∂z = ∂L/∂signed with −(·) at y_i,
+        ∂L/∂a = ∂L/∂z,   ∂L/∂b = −Σ ∂L/∂z (over everything broadcast).
+
+    That is the chain rule autograd applies to the formula, in the same operations and
+    order, so the gradients are bit-identical to it, but as 3 passes over B×K instead of
+    autograd's ~9 (the scatter, gather and broadcast nodes each materialise a B×K tensor).
+    The backward of the backward (``create_graph=True``) re-runs the formula under autograd,
+    so second derivatives are the formula's own. ``pos``/``neg`` are diagnostics without
+    gradient; ``logits`` may be used downstream (its gradient is added).
+    """
+
+    @staticmethod
+    def forward(ctx, a, bias, labels, shift: float, neg_weight: float):
+        logits = a - bias
+        index = labels[:, None]
+        z_pos = logits.gather(1, index)
+        if shift:
+            z_pos = z_pos - shift
+        signed = logits.scatter(1, index, -z_pos)
+        loss, pos, neg = _signed_sums(F.softplus(signed, threshold=_SOFTPLUS_THRESHOLD), index, neg_weight)
+        ctx.save_for_backward(a, bias, labels, signed)
+        ctx.shift, ctx.neg_weight = shift, neg_weight
+        ctx.mark_non_differentiable(pos, neg)
+        ctx.set_materialize_grads(False)
+        return loss, logits, pos, neg
+
+    @staticmethod
+    def backward(ctx, g_loss, g_logits, _g_pos, _g_neg):
+        a, bias, labels, signed = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the formula itself
+            return (*_formula_grads(a, bias, labels, ctx.shift, ctx.neg_weight, g_loss, g_logits),
+                    None, None, None)
+        index = labels[:, None]
+        grad = None
+        if g_loss is not None:
+            scale = g_loss / max(signed.shape[0], 1)
+            lam = ctx.neg_weight
+            if lam == 1.0:
+                g_terms = scale.expand_as(signed)
+            else:  # autograd's sum of the two paths: λ·g everywhere, + (1 − λ)·g at y_i
+                g_terms = (lam * scale).expand_as(signed).clone()
+                g_terms.scatter_add_(1, index, ((1.0 - lam) * scale).expand(index.shape))
+            grad = torch.ops.aten.softplus_backward(g_terms, signed, 1.0, _SOFTPLUS_THRESHOLD)
+            grad.scatter_(1, index, -grad.gather(1, index))  # z⁺ enters the signed logits negated
+        if g_logits is not None:
+            grad = g_logits if grad is None else grad + g_logits
+        if grad is None:
+            return None, None, None, None, None
+        g_bias = -(grad.sum() if bias.dim() == 0 else grad.sum(0)) if ctx.needs_input_grad[1] else None
+        return grad, g_bias, None, None, None
+
+
+def _signed_sums(terms: Tensor, index: Tensor, neg_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, pos, neg) of :func:`bce_loss` from its B×K softplus terms."""
+    n = max(terms.shape[0], 1)
+    pos = terms.gather(1, index).sum()
     total = terms.sum()
     loss = total if neg_weight == 1.0 else neg_weight * total + (1.0 - neg_weight) * pos  # = pos + λ neg
     return loss / n, pos / n, (total - pos) / n
+
+
+def _formula_grads(a, bias, labels, shift, neg_weight, g_loss, g_logits):
+    """Gradients of (loss, logits) w.r.t. (a, bias) through :func:`bce_loss` under autograd
+    (graph kept: the second derivatives of :class:`BCEStep`)."""
+    with torch.enable_grad():
+        logits = a - bias
+        z_pos = logits.gather(1, labels[:, None])
+        if shift:
+            z_pos = z_pos - shift
+        loss = bce_loss(logits, labels, neg_weight, None, z_pos)[0]
+        outs = [(o, g) for o, g in ((loss, g_loss), (logits, g_logits)) if g is not None]
+        wrt = [t for t in (a, bias) if t.requires_grad]
+        grads = iter(torch.autograd.grad([o for o, _ in outs], wrt, [g for _, g in outs],
+                                         create_graph=True, allow_unused=True))
+        return tuple(next(grads) if t.requires_grad else None for t in (a, bias))
 
 
 class _BCEHead(Head):
@@ -91,13 +173,16 @@ class _BCEHead(Head):
         if features.shape[0] == 0:
             return self._zero_output(features, ("pos", "neg"))
         a = self.metric(features)
-        logits = a - self.bias  # margin-free: what prediction uses
+        # the training margin on the positive logit only; logits stay margin-free (prediction)
+        shift = self.scale * self.margin if self.normalize and self.margin else 0.0
+        if not (self.training and self.neg_rate < 1.0):
+            loss, logits, pos, neg = BCEStep.apply(a, self.bias, labels, shift, self.neg_weight)
+            return HeadOutput(loss, logits, {"pos": pos, "neg": neg})
+        logits = a - self.bias
         z_pos = logits.gather(1, labels[:, None])
-        if self.normalize and self.margin:
-            z_pos = z_pos - self.scale * self.margin  # the training margin on the positive logit only
-        neg_mask = None
-        if self.training and self.neg_rate < 1.0:
-            neg_mask = (torch.rand_like(logits) < self.neg_rate).to(logits.dtype)
+        if shift:
+            z_pos = z_pos - shift
+        neg_mask = (torch.rand_like(logits) < self.neg_rate).to(logits.dtype)
         loss, pos, neg = bce_loss(logits, labels, self.neg_weight, neg_mask, z_pos)
         return HeadOutput(loss, logits, {"pos": pos.detach(), "neg": neg.detach()})
 

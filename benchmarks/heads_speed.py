@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from unimargin import build_head, list_heads
 from unimargin._native import lmdl_kernel, lmdl_op
+from unimargin.heads import bce as bce_head
 from unimargin.heads.lmdl import head as lmdl_head
 
 K_GRID = (10, 32, 64, 65, 100, 256, 1000, 10000)
@@ -167,13 +168,13 @@ def bench_config(B, K, d, repeats, warmup, seed=0):
             {k: statistics.median(v) for k, v in cpu.items()})
 
 
-def _lmdl_rotation(B, K, d, repeats, warmup, extra=None) -> dict:
-    """Median wall seconds of plain, the shipped lmdl head and ``extra(head, labels)``'s
-    variants ({name: loss_fn}), timed round-robin one step each (the rotation of
-    :func:`bench_crossover` and :func:`bench_pairs`)."""
+def _head_rotation(B, K, d, repeats, warmup, extra=None, head_name="lmdl") -> dict:
+    """Median wall seconds of plain, the shipped head ``head_name`` and ``extra(head,
+    labels)``'s variants ({name: loss_fn}), timed round-robin one step each (the rotation
+    of :func:`bench_crossover`, :func:`bench_pairs` and :func:`bench_bce_crossover`)."""
     gen = torch.Generator().manual_seed(0)
     feats, labels = torch.randn(B, d, generator=gen), torch.randint(0, K, (B,), generator=gen)
-    linear, head = torch.nn.Linear(d, K), build_head("lmdl", K, d)
+    linear, head = torch.nn.Linear(d, K), build_head(head_name, K, d)
     head.validate = False
 
     def step(module, loss_fn):
@@ -181,7 +182,7 @@ def _lmdl_rotation(B, K, d, repeats, warmup, extra=None) -> dict:
         loss_fn(feats.clone().requires_grad_()).backward()
 
     variants = {"plain": (linear, lambda f: F.cross_entropy(linear(f), labels)),
-                "lmdl": (head, lambda f: head(f, labels).loss)}
+                head_name: (head, lambda f: head(f, labels).loss)}
     variants.update({k: (head, fn) for k, fn in (extra(head, labels) if extra else {}).items()})
     times = {k: [] for k in variants}
     for r in range(warmup + repeats):
@@ -217,7 +218,7 @@ def bench_crossover(threads_list, repeats=9):
     for threads in threads_list:
         torch.set_num_threads(threads)
         for B, K, d in CROSSOVER:
-            med = _lmdl_rotation(B, K, d, repeats, warmup=1, extra=_forced_steps)
+            med = _head_rotation(B, K, d, repeats, warmup=1, extra=_forced_steps)
             rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"],
                          med["forced"] / med["plain"], med["forced-py"] / med["plain"], med["small"] / med["plain"]))
             print(f"crossover threads={threads} B={B} K={K} d={d} done", flush=True)
@@ -232,9 +233,53 @@ def bench_pairs(threads_list, repeats=15):
     for threads in threads_list:
         torch.set_num_threads(threads)
         for B, K, d in CONFIGS:
-            med = _lmdl_rotation(B, K, d, repeats, warmup=2)
+            med = _head_rotation(B, K, d, repeats, warmup=2)
             rows.append((threads, B, K, d, med["plain"] * 1e3, med["lmdl"] / med["plain"]))
     return rows
+
+
+def _bce_forced_steps(head, labels) -> dict:
+    """bce-u with BCEStep forced on and off (BCE_STEP_MIN_ELEMENTS set for this call only)
+    and the floor-bce arithmetic on the head's own weight."""
+    def forced(f, min_elements):
+        saved = bce_head.BCE_STEP_MIN_ELEMENTS
+        bce_head.BCE_STEP_MIN_ELEMENTS = min_elements
+        try:
+            return head(f, labels).loss
+        finally:
+            bce_head.BCE_STEP_MIN_ELEMENTS = saved
+
+    def floor(f):
+        z = F.linear(f, head.weight)
+        return (F.softplus(z).sum() - z.gather(1, labels[:, None]).sum()) / f.shape[0]
+
+    return {"step": lambda f: forced(f, 0), "formula": lambda f: forced(f, 1 << 62), "floor": floor}
+
+
+def bench_bce_crossover(threads_list, repeats=15):
+    """Rows (threads, B, K, d, plain ms, bce-u/plain as shipped, with BCEStep, with the
+    formula's autograd, floor-bce/plain) over the whole K grid."""
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for B, K, d in CONFIGS:
+            med = _head_rotation(B, K, d, repeats, warmup=2, extra=_bce_forced_steps, head_name="bce-u")
+            rows.append((threads, B, K, d, med["plain"] * 1e3, *(med[k] / med["plain"]
+                                                                 for k in ("bce-u", "step", "formula", "floor"))))
+            print("bce crossover | " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
+                                                   for v in rows[-1]), flush=True)
+    return rows
+
+
+def format_bce_crossover(rows) -> str:
+    if not rows:
+        return "(not measured: --quick)"
+    lines = ["| threads | B | K | d | B·K | plain (ms) | bce-u (as shipped) | BCEStep | formula (autograd) "
+             "| floor-bce |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for threads, B, K, d, plain_ms, shipped, step, formula, floor in rows:
+        lines.append(f"| {threads} | {B} | {K} | {d} | {B * K} | {plain_ms:.2f} | {shipped:.2f} | {step:.2f} "
+                     f"| {formula:.2f} | {floor:.2f} |")
+    return "\n".join(lines)
 
 
 def format_pairs(rows) -> str:
@@ -275,8 +320,13 @@ def main(argv=None):
                     help="wall: perf_counter; cpu: process CPU time (all threads), robust on a loaded "
                          "machine with 1 thread (preemption is not counted), not comparable across thread counts")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "heads.md"))
+    ap.add_argument("--bce-crossover", action="store_true",
+                    help="only the bce-u table (BCEStep vs the formula's autograd), printed, nothing written")
     args = ap.parse_args(argv)
     threads_list = [int(t) for t in args.threads.split(",")]
+    if args.bce_crossover:
+        print(format_bce_crossover(bench_bce_crossover(threads_list)))
+        return
     torch.manual_seed(0)
     configs = QUICK if args.quick else CONFIGS
     names = list_heads() + ["lmdl-no-c++", "lmdl-pytorch", *FLOORS]
@@ -299,6 +349,7 @@ def main(argv=None):
                         + "\n".join(lines))
     crossover = [] if args.quick else bench_crossover(threads_list)
     pairs = [] if args.quick else bench_pairs(threads_list)
+    bce_rows = [] if args.quick else bench_bce_crossover(threads_list)
     meta = (f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, median of {repeats} "
             f"round-robin repetitions after 2 warm-up rounds, {'--quick, ' if args.quick else ''}"
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -338,6 +389,12 @@ would, the 16-method rotation above leaves them colder, which costs the head wit
 larger working set more):
 
 {format_pairs(pairs)}
+
+bce-u's two bit-identical paths around `BCE_STEP_MIN_ELEMENTS` (heads/bce.py; B·K from
+which `BCEStep` runs) against plain, with floor-bce on the head's own weight (median of 15,
+5-method rotation):
+
+{format_bce_crossover(bce_rows)}
 """
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

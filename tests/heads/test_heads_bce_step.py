@@ -80,21 +80,39 @@ def test_bce_step_without_loss_gradient_passes_the_logits_gradient():
 
 @pytest.mark.parametrize("name,kwargs", [("bce-u", {}), ("bce-d", {}),
                                          ("bce-u", {"normalize": True, "margin": 0.2})])
-def test_bce_heads_train_through_the_fast_path_unless_negatives_are_sampled(name, kwargs):
+def test_bce_heads_dispatch_by_size_and_both_paths_train_alike(name, kwargs, monkeypatch):
+    """BCEStep from B·K = BCE_STEP_MIN_ELEMENTS on, the formula's autograd below it and
+    whenever negatives are sampled; the parameter gradients are identical either way."""
+    from unimargin.heads import bce
+
     torch.manual_seed(0)
     head = build_head(name, 6, 4, **kwargs)
     features, labels = torch.randn(10, 4, requires_grad=True), torch.randint(0, 6, (10,))
-    out = head(features, labels)
-    assert type(out.loss.grad_fn).__name__ == "BCEStepBackward"
-    assert set(out.terms) == {"pos", "neg"} and not out.terms["pos"].requires_grad
-    # the fast path and the formula give the same parameter gradients through a whole head
-    out.loss.backward()
-    fast = [p.grad.clone() for p in head.parameters()]
-    head.zero_grad()
-    a = head.metric(features)
-    shift = head.scale * head.margin if head.normalize and head.margin else 0.0
-    _formula(a, head.bias, labels, shift, head.neg_weight)[0].backward()
-    for f, w in zip(fast, (p.grad for p in head.parameters())):
-        assert torch.equal(f, w)
+    grads, kinds = [], []
+    for min_elements in (60, 61):   # B·K = 60: at the threshold, then just below it
+        monkeypatch.setattr(bce, "BCE_STEP_MIN_ELEMENTS", min_elements)
+        head.zero_grad()
+        out = head(features, labels)
+        kinds.append(type(out.loss.grad_fn).__name__)
+        assert set(out.terms) == {"pos", "neg"} and not out.terms["pos"].requires_grad
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in head.parameters()])
+    assert kinds[0] == "BCEStepBackward" and kinds[1] != "BCEStepBackward"
+    for fast, formula in zip(*grads):
+        assert torch.equal(fast, formula)
+    monkeypatch.setattr(bce, "BCE_STEP_MIN_ELEMENTS", 0)
     sampled = build_head(name, 6, 4, neg_rate=0.5, **kwargs)
     assert type(sampled(features, labels).loss.grad_fn).__name__ != "BCEStepBackward"
+    sampled.eval()   # no sampling in evaluation: the fast path again
+    assert type(sampled(features, labels).loss.grad_fn).__name__ == "BCEStepBackward"
+
+
+def test_default_threshold_sends_large_batches_through_bce_step():
+    from unimargin.heads import bce
+
+    head = build_head("bce-u", 256, 8)
+    big = head(torch.randn(bce.BCE_STEP_MIN_ELEMENTS // 256, 8), torch.zeros(bce.BCE_STEP_MIN_ELEMENTS // 256,
+                                                                           dtype=torch.long))
+    small = head(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+    assert type(big.loss.grad_fn).__name__ == "BCEStepBackward"
+    assert type(small.loss.grad_fn).__name__ != "BCEStepBackward"

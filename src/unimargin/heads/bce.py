@@ -39,6 +39,12 @@ def bce_loss(z: Tensor, labels: Tensor, neg_weight: float, neg_mask: Tensor | No
     return _signed_sums(terms, index, neg_weight)
 
 
+# B·K from which BCEStep runs: below it the Python Function's fixed cost (~35 µs) exceeds the
+# B×K passes it saves (benchmarks/heads_speed.py --bce-crossover; both paths are bit-identical,
+# so the threshold changes only the time)
+BCE_STEP_MIN_ELEMENTS = 1 << 16
+
+
 class BCEStep(torch.autograd.Function):
     """Fast path of :func:`bce_loss` for logits z = a − b (SPEC §2.7), tested equal to it.
 
@@ -175,14 +181,15 @@ class _BCEHead(Head):
         a = self.metric(features)
         # the training margin on the positive logit only; logits stay margin-free (prediction)
         shift = self.scale * self.margin if self.normalize and self.margin else 0.0
-        if not (self.training and self.neg_rate < 1.0):
+        sampled = self.training and self.neg_rate < 1.0
+        if not sampled and a.numel() >= BCE_STEP_MIN_ELEMENTS:
             loss, logits, pos, neg = BCEStep.apply(a, self.bias, labels, shift, self.neg_weight)
             return HeadOutput(loss, logits, {"pos": pos, "neg": neg})
         logits = a - self.bias
         z_pos = logits.gather(1, labels[:, None])
         if shift:
             z_pos = z_pos - shift
-        neg_mask = (torch.rand_like(logits) < self.neg_rate).to(logits.dtype)
+        neg_mask = (torch.rand_like(logits) < self.neg_rate).to(logits.dtype) if sampled else None
         loss, pos, neg = bce_loss(logits, labels, self.neg_weight, neg_mask, z_pos)
         return HeadOutput(loss, logits, {"pos": pos.detach(), "neg": neg.detach()})
 

@@ -176,3 +176,47 @@ def test_entry_point_builds_and_is_left_in_training_mode(factories):
 def test_entry_point_errors_are_clear(factories, target, match):
     with pytest.raises(ValueError, match=match):
         build_model(target.format(m=factories), (1, 4, 5), 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [40, 41, 2, 3])
+def test_pair_max_pool_equals_max_pool1d_in_values_and_gradient(dtype, length):
+    """cnn1d's PairMaxPool1d is MaxPool1d(2) bit for bit, ties included (ReLU zeros, repeats)."""
+    from unimargin.models.cnn1d import PairMaxPool1d
+
+    gen = torch.Generator().manual_seed(length)
+    x = torch.relu(torch.randn(5, 3, length, generator=gen, dtype=dtype))
+    x[0, 0, :2] = 0.5                                   # a tie at a positive value
+    grad = torch.randn(5, 3, length // 2, generator=gen, dtype=dtype)
+    results = []
+    for pool in (torch.nn.MaxPool1d(2), PairMaxPool1d()):
+        xi = x.clone().requires_grad_()
+        y = pool(xi)
+        y.backward(grad)
+        results.append((y, xi.grad))
+    (y_ref, g_ref), (y, g) = results
+    assert y.shape == y_ref.shape and torch.equal(y, y_ref) and torch.equal(g, g_ref)
+
+
+def test_cnn1d_trains_exactly_as_with_max_pool1d():
+    """Swapping PairMaxPool1d back to nn.MaxPool1d(2) changes no bit of 5 SGD steps."""
+    import copy
+
+    from unimargin.models.cnn1d import CNN1D, PairMaxPool1d
+
+    torch.manual_seed(0)
+    ours = CNN1D((1, 40), 16)
+    theirs = copy.deepcopy(ours)
+    for i, layer in enumerate(theirs.body):
+        if isinstance(layer, PairMaxPool1d):
+            theirs.body[i] = torch.nn.MaxPool1d(2)
+    assert sum(isinstance(m, PairMaxPool1d) for m in ours.modules()) == 2
+    x, y = torch.randn(32, 1, 40), torch.randint(0, 16, (32,))
+    for model in (ours, theirs):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(5):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -41,6 +41,7 @@
 #define LINE 64           /* staging line per range: one cache line */
 #define MAX_THREADS 64
 #define LANES 32          /* distinct values compared at once; a longer bucket is searched */
+#define RECORD_SEARCH 0xFFFFFFFFu /* rank_records: a bucket of >= 2 distinct values */
 
 #define DEFINE_KERNEL(T, SUF)                                                                     \
 static inline long bucket_##SUF(T x, T pmin, T scale, long nb) {                                  \
@@ -62,7 +63,36 @@ void rank_build_##SUF(const T *d, long nd, T pmin, T scale, long nb, uint32_t *s
 typedef struct {                                                                                  \
     const T *x; long begin, end; const T *d; const uint32_t *c; const uint32_t *start;            \
     long nd, npos, nb, cap; T pmin, pmax, scale; int rshift, ties, long_buckets; int64_t sum; int failed;          \
+    const T *rv; const uint32_t *rlt, *rgt;                                                       \
 } job_##SUF;                                                                                      \
+                                                                                                  \
+/* Per-bucket records for the vector ranking: a bucket b with start[b] = s holds m = start[b + 1] \
+ * - s distinct values. m = 0: every x in it counts lt = 2 npos - 2 c[s] (= gt); m = 1, value    \
+ * v = d[s]: x < v counts lt, x > v counts gt = 2 npos - 2 c[s + 1], x = v counts lt/2 + gt/2;    \
+ * m >= 2: gt = RECORD_SEARCH (odd, so never a count: counts are even), ranked by rank_one. */    \
+void rank_records_##SUF(const T *d, const uint32_t *c, const uint32_t *start, long nb, long npos,  \
+                        T *rv, uint32_t *rlt, uint32_t *rgt) {                                    \
+    for (long b = 0; b <= nb + 1; b++) {                                                          \
+        const uint32_t s = start[b], m = start[b + 1] - s;                                        \
+        rlt[b] = (uint32_t)(2 * npos) - 2 * c[s];                                                 \
+        rv[b] = m == 1 ? d[s] : (T)0;                                                             \
+        rgt[b] = m == 0 ? rlt[b] : m == 1 ? (uint32_t)(2 * npos) - 2 * c[s + 1] : RECORD_SEARCH;  \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* 2*#{pos > x} + #{pos == x} for one score, from the bucket's sorted distinct values */         \
+static inline int64_t rank_one_##SUF(const job_##SUF *jb, T x) {                                  \
+    const long b = bucket_##SUF(x, jb->pmin, jb->scale, jb->nb);                                  \
+    const uint32_t lo = jb->start[b], m = jb->start[b + 1] - lo;                                  \
+    const T *p = jb->d + lo;                                                                      \
+    uint32_t j = 0, e;                                                                            \
+    if (m <= LANES) { while (j < m && p[j] < x) j++; }                                            \
+    else { uint32_t z = m; while (j < z) { const uint32_t h = j + ((z - j) >> 1);                 \
+                                           if (p[h] < x) j = h + 1; else z = h; } }               \
+    e = j < m && p[j] == x;                                                                       \
+    if (jb->ties) return 2 * (int64_t)jb->npos - jb->c[lo + j] - jb->c[lo + j + e];               \
+    return 2 * (int64_t)jb->npos - 2 * (int64_t)(lo + j) - e;                                     \
+}                                                                                                 \
                                                                                                   \
 /* out[k] = bucket(xs[k]) for a block of scores (the same arithmetic 16 or 8 at a time) */      \
 static void buckets_##SUF(const T *xs, long n, T pmin, T scale, long nb, uint32_t *out) {         \
@@ -76,21 +106,11 @@ static int64_t rank_block_##SUF(const job_##SUF *jb, const T *xs, long n) {     
     const T *d = jb->d; const uint32_t *c = jb->c, *start = jb->start;                            \
     const T pmin = jb->pmin, scale = jb->scale; const long nb = jb->nb;                           \
     int64_t sub = 0;                                                                              \
+    (void)d; (void)c; (void)start; (void)pmin; (void)scale; (void)nb;                             \
     long i = 0;                                                                                   \
+    RECORD_BLOCK_##SUF                                                                            \
     VECTOR_BLOCK_##SUF                                                                            \
-    for (; i < n; i++) {                                                                          \
-        const T x = xs[i];                                                                        \
-        const long b = bucket_##SUF(x, pmin, scale, nb);                                          \
-        const uint32_t lo = start[b], m = start[b + 1] - lo;                                      \
-        const T *p = d + lo;                                                                      \
-        uint32_t j = 0, e;                                                                        \
-        if (m <= LANES) { while (j < m && p[j] < x) j++; }                                        \
-        else { uint32_t z = m; while (j < z) { const uint32_t h = j + ((z - j) >> 1);            \
-                                               if (p[h] < x) j = h + 1; else z = h; } }           \
-        e = j < m && p[j] == x;                                                                   \
-        if (jb->ties) sub += (int64_t)c[lo + j] + c[lo + j + e];                                  \
-        else sub += 2 * (int64_t)(lo + j) + e;                                                    \
-    }                                                                                             \
+    for (; i < n; i++) sub += 2 * (int64_t)jb->npos - rank_one_##SUF(jb, xs[i]);                  \
     return 2 * (int64_t)jb->npos * n - sub;                                                       \
 }                                                                                                 \
                                                                                                   \
@@ -138,17 +158,19 @@ static void *rank_run_##SUF(void *arg) {                                        
     return NULL;                                                                                  \
 }                                                                                                 \
                                                                                                   \
-/* Returns the sum (>= 0), or -1 when memory or a thread could not be had. */                     \
-/* Returns the sum (>= 0), or -1 when memory or a thread could not be had. */                     \
+/* Returns the sum (>= 0), or -1 when memory or a thread could not be had. rv/rlt/rgt: the      \
+ * records of rank_records, or NULL (the gather loop below ranks instead). */                   \
 int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, const uint32_t *start, \
                          long nd, long npos, T pmin, T scale, long nb, int rshift, long cap,     \
-                         int ties, int long_buckets, int threads) {                                                           \
+                         int ties, int long_buckets, int threads, const T *rv, const uint32_t *rlt,    \
+                         const uint32_t *rgt) {                                                   \
     job_##SUF jobs[MAX_THREADS]; pthread_t tid[MAX_THREADS]; int started[MAX_THREADS] = {0};      \
     if (threads < 1) threads = 1;                                                                 \
     if (threads > MAX_THREADS) threads = MAX_THREADS;                                             \
     for (int t = 0; t < threads; t++)                                                             \
         jobs[t] = (job_##SUF){x, total * t / threads, total * (t + 1) / threads, d, c, start,     \
-                              nd, npos, nb, cap, pmin, d[nd - 1], scale, rshift, ties, long_buckets, 0, 0};          \
+                              nd, npos, nb, cap, pmin, d[nd - 1], scale, rshift, ties, long_buckets, 0, 0, \
+                              rv, rlt, rgt};                                                      \
     for (int t = 1; t < threads; t++)                                                             \
         started[t] = pthread_create(&tid[t], NULL, rank_run_##SUF, &jobs[t]) == 0;                \
     rank_run_##SUF(&jobs[0]);                                                                     \
@@ -291,6 +313,73 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
 #define VECTOR_BUCKETS_f64
 #define STREAM_LINE(dst, src) memcpy((dst), (src), LINE)
 #define STREAM_FENCE
+#endif
+/* 16 float32 (8 float64) scores at a time from the bucket records: three gathers (value, lt,
+ * gt) and two compares per score, instead of the bucket bounds, a walk along the bucket's
+ * values and two count gathers; lanes of a >= 2-value bucket are ranked by rank_one. */
+#if defined(__AVX512F__)
+#define RECORD_BLOCK_f32                                                                          \
+    if (jb->rv) {                                                                                 \
+        const __m512 vpmin = _mm512_set1_ps(pmin), vscale = _mm512_set1_ps(scale);               \
+        const __m512 vnb = _mm512_set1_ps((float)nb), vzero = _mm512_setzero_ps();               \
+        const __m512i one = _mm512_set1_epi32(1), top = _mm512_set1_epi32((int)nb + 1);          \
+        const __m512i search = _mm512_set1_epi32((int)RECORD_SEARCH);                            \
+        __m512i acc = _mm512_setzero_si512();                                                     \
+        int64_t direct = 0; const long i0 = i;                                                    \
+        for (; i + 16 <= n; i += 16) {                                                            \
+            const __m512 v = _mm512_loadu_ps(xs + i);                                             \
+            const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, vpmin), vscale);                      \
+            const __mmask16 ge0 = _mm512_cmp_ps_mask(t, vzero, _CMP_GE_OQ);                       \
+            const __mmask16 gen = _mm512_cmp_ps_mask(t, vnb, _CMP_GE_OQ);                         \
+            __m512i bi = _mm512_maskz_add_epi32(ge0, _mm512_cvttps_epi32(t), one);                \
+            bi = _mm512_mask_mov_epi32(bi, gen, top);                                             \
+            const __m512 pv = _mm512_i32gather_ps(bi, jb->rv, 4);                                 \
+            const __m512i lt = _mm512_i32gather_epi32(bi, (const int *)jb->rlt, 4);               \
+            const __m512i gt = _mm512_i32gather_epi32(bi, (const int *)jb->rgt, 4);               \
+            const __mmask16 far = _mm512_cmpneq_epi32_mask(gt, search);                           \
+            __m512i cnt = _mm512_add_epi32(_mm512_srli_epi32(lt, 1), _mm512_srli_epi32(gt, 1));   \
+            cnt = _mm512_mask_mov_epi32(cnt, _mm512_cmp_ps_mask(v, pv, _CMP_LT_OQ), lt);          \
+            cnt = _mm512_mask_mov_epi32(cnt, _mm512_cmp_ps_mask(v, pv, _CMP_GT_OQ), gt);          \
+            cnt = _mm512_maskz_mov_epi32(far, cnt);                                               \
+            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(cnt)));      \
+            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(cnt, 1))); \
+            for (unsigned near = (unsigned)(__mmask16)~far; near; near &= near - 1)               \
+                direct += rank_one_f32(jb, xs[i + __builtin_ctz(near)]);                          \
+        }                                                                                         \
+        sub += 2 * (int64_t)jb->npos * (i - i0) - (_mm512_reduce_add_epi64(acc) + direct);        \
+    }
+#define RECORD_BLOCK_f64                                                                          \
+    if (jb->rv) {                                                                                 \
+        const __m512d vpmin = _mm512_set1_pd(pmin), vscale = _mm512_set1_pd(scale);              \
+        const __m512d vnb = _mm512_set1_pd((double)nb), vzero = _mm512_setzero_pd();             \
+        const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32((int)nb + 1);          \
+        const __m256i search = _mm256_set1_epi32((int)RECORD_SEARCH);                            \
+        __m512i acc = _mm512_setzero_si512();                                                     \
+        int64_t direct = 0; const long i0 = i;                                                    \
+        for (; i + 8 <= n; i += 8) {                                                              \
+            const __m512d v = _mm512_loadu_pd(xs + i);                                            \
+            const __m512d t = _mm512_mul_pd(_mm512_sub_pd(v, vpmin), vscale);                     \
+            const __mmask8 ge0 = _mm512_cmp_pd_mask(t, vzero, _CMP_GE_OQ);                        \
+            const __mmask8 gen = _mm512_cmp_pd_mask(t, vnb, _CMP_GE_OQ);                          \
+            __m256i bi = _mm256_maskz_add_epi32(ge0, _mm512_cvttpd_epi32(t), one);                \
+            bi = _mm256_mask_mov_epi32(bi, gen, top);                                             \
+            const __m512d pv = _mm512_i32gather_pd(bi, jb->rv, 8);                                \
+            const __m256i lt = _mm256_i32gather_epi32((const int *)jb->rlt, bi, 4);               \
+            const __m256i gt = _mm256_i32gather_epi32((const int *)jb->rgt, bi, 4);               \
+            const __mmask8 far = _mm256_cmpneq_epi32_mask(gt, search);                            \
+            __m256i cnt = _mm256_add_epi32(_mm256_srli_epi32(lt, 1), _mm256_srli_epi32(gt, 1));   \
+            cnt = _mm256_mask_mov_epi32(cnt, _mm512_cmp_pd_mask(v, pv, _CMP_LT_OQ), lt);          \
+            cnt = _mm256_mask_mov_epi32(cnt, _mm512_cmp_pd_mask(v, pv, _CMP_GT_OQ), gt);          \
+            cnt = _mm256_maskz_mov_epi32(far, cnt);                                               \
+            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(cnt));                              \
+            for (unsigned near = (unsigned)(__mmask8)~far; near; near &= near - 1)                \
+                direct += rank_one_f64(jb, xs[i + __builtin_ctz(near)]);                          \
+        }                                                                                         \
+        sub += 2 * (int64_t)jb->npos * (i - i0) - (_mm512_reduce_add_epi64(acc) + direct);        \
+    }
+#else
+#define RECORD_BLOCK_f32
+#define RECORD_BLOCK_f64
 #endif
 DEFINE_KERNEL(float, f32)
 DEFINE_KERNEL(double, f64)

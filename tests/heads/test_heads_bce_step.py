@@ -116,3 +116,42 @@ def test_default_threshold_sends_large_batches_through_bce_step():
     small = head(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
     assert type(big.loss.grad_fn).__name__ == "BCEStepBackward"
     assert type(small.loss.grad_fn).__name__ != "BCEStepBackward"
+
+
+K_GRID = (10, 32, 64, 65, 100, 256, 1000, 10000)   # issue 16's grid of class counts
+
+
+@pytest.mark.parametrize("k", K_GRID)
+@pytest.mark.parametrize("name", ["bce-u", "bce-d"])
+def test_shipped_head_equals_the_formula_in_float64_on_both_sides_of_the_threshold(name, k):
+    """For every K of the benchmark grid: the batch just below B·K = BCE_STEP_MIN_ELEMENTS runs
+    the formula, the batch at it runs BCEStep, and each equals the other path forced on the
+    same batch, bit for bit in float64 (loss and every parameter and feature gradient)."""
+    from unimargin.heads import bce
+
+    at = -(-bce.BCE_STEP_MIN_ELEMENTS // k)          # smallest B with B·K >= the threshold
+    for batch, fast in ((at - 1, False), (at, True)):
+        if batch < 1:
+            continue
+        torch.manual_seed(k)
+        head = build_head(name, k, 8).double()
+        features = torch.randn(batch, 8, dtype=torch.float64)
+        labels = torch.randint(0, k, (batch,))
+        runs = {}
+        for forced in ("shipped", "bce_step", "formula"):
+            threshold = {"shipped": bce.BCE_STEP_MIN_ELEMENTS, "bce_step": 0, "formula": 2**62}[forced]
+            saved, bce.BCE_STEP_MIN_ELEMENTS = bce.BCE_STEP_MIN_ELEMENTS, threshold
+            try:
+                head.zero_grad()
+                f = features.clone().requires_grad_()
+                out = head(f, labels)
+                out.loss.backward()
+            finally:
+                bce.BCE_STEP_MIN_ELEMENTS = saved
+            runs[forced] = (type(out.loss.grad_fn).__name__ == "BCEStepBackward",
+                            [out.loss.detach(), f.grad] + [p.grad.clone() for p in head.parameters()])
+        assert runs["shipped"][0] is fast and runs["bce_step"][0] and not runs["formula"][0]
+        for got, want in zip(runs["bce_step"][1], runs["formula"][1]):
+            assert torch.equal(got, want), f"K={k} B={batch}: max |diff| {(got - want).abs().max().item()}"
+        for got, want in zip(runs["shipped"][1], runs["formula"][1]):
+            assert torch.equal(got, want)

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from heads_reference import BENCHMARK_K_GRID
 from unimargin import build_head
 from unimargin.heads.bce import BCEStep, bce_loss
 
@@ -118,10 +119,7 @@ def test_default_threshold_sends_large_batches_through_bce_step():
     assert type(small.loss.grad_fn).__name__ != "BCEStepBackward"
 
 
-K_GRID = (10, 32, 64, 65, 100, 256, 1000, 10000)   # issue 16's grid of class counts
-
-
-@pytest.mark.parametrize("k", K_GRID)
+@pytest.mark.parametrize("k", BENCHMARK_K_GRID)
 @pytest.mark.parametrize("name", ["bce-u", "bce-d"])
 def test_shipped_head_equals_the_formula_in_float64_on_both_sides_of_the_threshold(name, k):
     """For every K of the benchmark grid: the batch just below B·K = BCE_STEP_MIN_ELEMENTS runs

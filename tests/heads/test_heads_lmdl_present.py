@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heads_reference import BENCHMARK_K_GRID
 from unimargin import build_head
 from unimargin._native import lmdl_kernel, lmdl_op
 from unimargin.heads.lmdl import (FUSED_MAX_K, PRESENT_MIN_K, PRESENT_MIN_K_PYTHON, autograd_path, lmdl_present_step,
                                   lmdl_terms, step_path)
 
-K_GRID = [10, 32, 33, 64, 65, 100, 256, 1000, 10000]
+K_GRID = sorted({*BENCHMARK_K_GRID, 33})   # 33: just above PRESENT_MIN_K_PYTHON
 HP = dict(delta_v=0.3, delta_d=3.0, compact_weight=0.7, margin_weight=1.3, reg_weight=0.05, momentum=0.6,
           disc_weight=0.9)
 

@@ -184,28 +184,40 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
     return failed ? -1 : sum;                                                                     \
 }
 
+#if defined(__AVX512F__)
+/* bucket_f32 / bucket_f64 of 16 float32 / 8 float64 scores: the same subtraction then
+ * multiplication (no contraction possible), so every score lands in the bucket its scalar
+ * evaluation gives. Inlined into the loops below, whose broadcasts the compiler hoists. */
+static inline __m512i buckets16_f32(__m512 v, float pmin, float scale, long nb) {
+    const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(pmin)), _mm512_set1_ps(scale));
+    const __mmask16 ge0 = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ);
+    const __mmask16 gen = _mm512_cmp_ps_mask(t, _mm512_set1_ps((float)nb), _CMP_GE_OQ);
+    const __m512i bi = _mm512_maskz_add_epi32(ge0, _mm512_cvttps_epi32(t), _mm512_set1_epi32(1));
+    return _mm512_mask_mov_epi32(bi, gen, _mm512_set1_epi32((int)nb + 1));
+}
+static inline __m256i buckets8_f64(__m512d v, double pmin, double scale, long nb) {
+    const __m512d t = _mm512_mul_pd(_mm512_sub_pd(v, _mm512_set1_pd(pmin)), _mm512_set1_pd(scale));
+    const __mmask8 ge0 = _mm512_cmp_pd_mask(t, _mm512_setzero_pd(), _CMP_GE_OQ);
+    const __mmask8 gen = _mm512_cmp_pd_mask(t, _mm512_set1_pd((double)nb), _CMP_GE_OQ);
+    const __m256i bi = _mm256_maskz_add_epi32(ge0, _mm512_cvttpd_epi32(t), _mm256_set1_epi32(1));
+    return _mm256_mask_mov_epi32(bi, gen, _mm256_set1_epi32((int)nb + 1));
+}
+#endif
+
 /* 16 float32 (8 float64) scores at a time (AVX-512): bucket, two gathers from the table, then one
  * masked gather per step along the bucket's sorted distinct values; a lane stops at its first
  * value >= x, so the step count is the largest j + 1 of the 16 lanes (buckets hold ~1 value
  * on average). Lanes whose bucket holds more than LANES values are left to the scalar loop's
- * binary search (a flag forces the scalar loop for the whole block). Same arithmetic as
- * bucket_f32 (a subtraction then a multiplication, no contraction possible), so every score
- * lands in the bucket its scalar evaluation gives. */
+ * binary search (a flag forces the scalar loop for the whole block). Buckets: buckets16_f32. */
 #if defined(__AVX512F__)
 #define VECTOR_BLOCK_f32                                                                          \
     if (jb->long_buckets == 0) {                                                                  \
-        const __m512 vpmin = _mm512_set1_ps(pmin), vscale = _mm512_set1_ps(scale);               \
-        const __m512 vnb = _mm512_set1_ps((float)nb), vzero = _mm512_setzero_ps();               \
-        const __m512i one = _mm512_set1_epi32(1), top = _mm512_set1_epi32((int)nb + 1);          \
+        const __m512i one = _mm512_set1_epi32(1);                                                 \
         __m512i acc = _mm512_setzero_si512();                                                     \
         int64_t eqs = 0;                                                                          \
         for (; i + 16 <= n; i += 16) {                                                            \
             const __m512 v = _mm512_loadu_ps(xs + i);                                             \
-            const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, vpmin), vscale);                      \
-            const __mmask16 ge0 = _mm512_cmp_ps_mask(t, vzero, _CMP_GE_OQ);                       \
-            const __mmask16 gen = _mm512_cmp_ps_mask(t, vnb, _CMP_GE_OQ);                         \
-            __m512i bi = _mm512_maskz_add_epi32(ge0, _mm512_cvttps_epi32(t), one);                \
-            bi = _mm512_mask_mov_epi32(bi, gen, top);                                             \
+            const __m512i bi = buckets16_f32(v, pmin, scale, nb);                                 \
             const __m512i lo = _mm512_i32gather_epi32(bi, (const int *)start, 4);                 \
             const __m512i hi = _mm512_i32gather_epi32(_mm512_add_epi32(bi, one), (const int *)start, 4); \
             const __m512i m = _mm512_sub_epi32(hi, lo);                                           \
@@ -242,18 +254,12 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
 #if defined(__AVX512F__)
 #define VECTOR_BLOCK_f64                                                                          \
     if (jb->long_buckets == 0) {                                                                  \
-        const __m512d vpmin = _mm512_set1_pd(pmin), vscale = _mm512_set1_pd(scale);              \
-        const __m512d vnb = _mm512_set1_pd((double)nb), vzero = _mm512_setzero_pd();             \
-        const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32((int)nb + 1);          \
+        const __m256i one = _mm256_set1_epi32(1);                                                 \
         __m512i acc = _mm512_setzero_si512();                                                     \
         int64_t eqs = 0;                                                                          \
         for (; i + 8 <= n; i += 8) {                                                              \
             const __m512d v = _mm512_loadu_pd(xs + i);                                            \
-            const __m512d t = _mm512_mul_pd(_mm512_sub_pd(v, vpmin), vscale);                     \
-            const __mmask8 ge0 = _mm512_cmp_pd_mask(t, vzero, _CMP_GE_OQ);                        \
-            const __mmask8 gen = _mm512_cmp_pd_mask(t, vnb, _CMP_GE_OQ);                          \
-            __m256i bi = _mm256_maskz_add_epi32(ge0, _mm512_cvttpd_epi32(t), one);                \
-            bi = _mm256_mask_mov_epi32(bi, gen, top);                                             \
+            const __m256i bi = buckets8_f64(v, pmin, scale, nb);                                  \
             const __m256i lo = _mm256_i32gather_epi32((const int *)start, bi, 4);                 \
             const __m256i hi = _mm256_i32gather_epi32((const int *)start, _mm256_add_epi32(bi, one), 4); \
             const __m256i m = _mm256_sub_epi32(hi, lo);                                           \
@@ -289,23 +295,11 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
  * by one streaming store */
 #if defined(__AVX512F__)
 #define VECTOR_BUCKETS_f32                                                                              \
-    { const __m512 vp = _mm512_set1_ps(pmin), vs = _mm512_set1_ps(scale), vn = _mm512_set1_ps((float)nb); \
-      const __m512i one = _mm512_set1_epi32(1), top = _mm512_set1_epi32((int)nb + 1);              \
-      for (; k + 16 <= n; k += 16) {                                                              \
-        const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xs + k), vp), vs);           \
-        const __mmask16 ge0 = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ);             \
-        const __mmask16 gen = _mm512_cmp_ps_mask(t, vn, _CMP_GE_OQ);                              \
-        __m512i bi = _mm512_maskz_add_epi32(ge0, _mm512_cvttps_epi32(t), one);                    \
-        _mm512_storeu_si512(out + k, _mm512_mask_mov_epi32(bi, gen, top)); } }
+    for (; k + 16 <= n; k += 16)                                                                  \
+        _mm512_storeu_si512(out + k, buckets16_f32(_mm512_loadu_ps(xs + k), pmin, scale, nb));
 #define VECTOR_BUCKETS_f64                                                                              \
-    { const __m512d vp = _mm512_set1_pd(pmin), vs = _mm512_set1_pd(scale), vn = _mm512_set1_pd((double)nb); \
-      const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32((int)nb + 1);              \
-      for (; k + 8 <= n; k += 8) {                                                                \
-        const __m512d t = _mm512_mul_pd(_mm512_sub_pd(_mm512_loadu_pd(xs + k), vp), vs);          \
-        const __mmask8 ge0 = _mm512_cmp_pd_mask(t, _mm512_setzero_pd(), _CMP_GE_OQ);              \
-        const __mmask8 gen = _mm512_cmp_pd_mask(t, vn, _CMP_GE_OQ);                               \
-        __m256i bi = _mm256_maskz_add_epi32(ge0, _mm512_cvttpd_epi32(t), one);                    \
-        _mm256_storeu_si256((__m256i *)(out + k), _mm256_mask_mov_epi32(bi, gen, top)); } }
+    for (; k + 8 <= n; k += 8)                                                                    \
+        _mm256_storeu_si256((__m256i *)(out + k), buckets8_f64(_mm512_loadu_pd(xs + k), pmin, scale, nb));
 #define STREAM_LINE(dst, src) _mm512_stream_si512((void *)(dst), _mm512_load_si512((const void *)(src)))
 #define STREAM_FENCE _mm_sfence()
 #else
@@ -320,19 +314,12 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
 #if defined(__AVX512F__)
 #define RECORD_BLOCK_f32                                                                          \
     if (jb->rv) {                                                                                 \
-        const __m512 vpmin = _mm512_set1_ps(pmin), vscale = _mm512_set1_ps(scale);               \
-        const __m512 vnb = _mm512_set1_ps((float)nb), vzero = _mm512_setzero_ps();               \
-        const __m512i one = _mm512_set1_epi32(1), top = _mm512_set1_epi32((int)nb + 1);          \
         const __m512i search = _mm512_set1_epi32((int)RECORD_SEARCH);                            \
         __m512i acc = _mm512_setzero_si512();                                                     \
         int64_t direct = 0; const long i0 = i;                                                    \
         for (; i + 16 <= n; i += 16) {                                                            \
             const __m512 v = _mm512_loadu_ps(xs + i);                                             \
-            const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, vpmin), vscale);                      \
-            const __mmask16 ge0 = _mm512_cmp_ps_mask(t, vzero, _CMP_GE_OQ);                       \
-            const __mmask16 gen = _mm512_cmp_ps_mask(t, vnb, _CMP_GE_OQ);                         \
-            __m512i bi = _mm512_maskz_add_epi32(ge0, _mm512_cvttps_epi32(t), one);                \
-            bi = _mm512_mask_mov_epi32(bi, gen, top);                                             \
+            const __m512i bi = buckets16_f32(v, pmin, scale, nb);                                 \
             const __m512 pv = _mm512_i32gather_ps(bi, jb->rv, 4);                                 \
             const __m512i lt = _mm512_i32gather_epi32(bi, (const int *)jb->rlt, 4);               \
             const __m512i gt = _mm512_i32gather_epi32(bi, (const int *)jb->rgt, 4);               \
@@ -350,19 +337,12 @@ int64_t rank_count_##SUF(const T *x, long total, const T *d, const uint32_t *c, 
     }
 #define RECORD_BLOCK_f64                                                                          \
     if (jb->rv) {                                                                                 \
-        const __m512d vpmin = _mm512_set1_pd(pmin), vscale = _mm512_set1_pd(scale);              \
-        const __m512d vnb = _mm512_set1_pd((double)nb), vzero = _mm512_setzero_pd();             \
-        const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32((int)nb + 1);          \
         const __m256i search = _mm256_set1_epi32((int)RECORD_SEARCH);                            \
         __m512i acc = _mm512_setzero_si512();                                                     \
         int64_t direct = 0; const long i0 = i;                                                    \
         for (; i + 8 <= n; i += 8) {                                                              \
             const __m512d v = _mm512_loadu_pd(xs + i);                                            \
-            const __m512d t = _mm512_mul_pd(_mm512_sub_pd(v, vpmin), vscale);                     \
-            const __mmask8 ge0 = _mm512_cmp_pd_mask(t, vzero, _CMP_GE_OQ);                        \
-            const __mmask8 gen = _mm512_cmp_pd_mask(t, vnb, _CMP_GE_OQ);                          \
-            __m256i bi = _mm256_maskz_add_epi32(ge0, _mm512_cvttpd_epi32(t), one);                \
-            bi = _mm256_mask_mov_epi32(bi, gen, top);                                             \
+            const __m256i bi = buckets8_f64(v, pmin, scale, nb);                                  \
             const __m512d pv = _mm512_i32gather_pd(bi, jb->rv, 8);                                \
             const __m256i lt = _mm256_i32gather_epi32((const int *)jb->rlt, bi, 4);               \
             const __m256i gt = _mm256_i32gather_epi32((const int *)jb->rgt, bi, 4);               \

@@ -121,13 +121,14 @@ def test_default_threshold_sends_large_batches_through_bce_step():
 
 @pytest.mark.parametrize("k", BENCHMARK_K_GRID)
 @pytest.mark.parametrize("name", ["bce-u", "bce-d"])
-def test_shipped_head_equals_the_formula_in_float64_on_both_sides_of_the_threshold(name, k):
+def test_shipped_head_equals_the_formula_in_float64_on_both_sides_of_the_threshold(name, k, monkeypatch):
     """For every K of the benchmark grid: the batch just below B·K = BCE_STEP_MIN_ELEMENTS runs
     the formula, the batch at it runs BCEStep, and each equals the other path forced on the
     same batch, bit for bit in float64 (loss and every parameter and feature gradient)."""
     from unimargin.heads import bce
 
-    at = -(-bce.BCE_STEP_MIN_ELEMENTS // k)          # smallest B with B·K >= the threshold
+    shipped = bce.BCE_STEP_MIN_ELEMENTS
+    at = -(-shipped // k)          # smallest B with B·K >= the threshold
     for batch, fast in ((at - 1, False), (at, True)):
         if batch < 1:
             continue
@@ -136,16 +137,12 @@ def test_shipped_head_equals_the_formula_in_float64_on_both_sides_of_the_thresho
         features = torch.randn(batch, 8, dtype=torch.float64)
         labels = torch.randint(0, k, (batch,))
         runs = {}
-        for forced in ("shipped", "bce_step", "formula"):
-            threshold = {"shipped": bce.BCE_STEP_MIN_ELEMENTS, "bce_step": 0, "formula": 2**62}[forced]
-            saved, bce.BCE_STEP_MIN_ELEMENTS = bce.BCE_STEP_MIN_ELEMENTS, threshold
-            try:
-                head.zero_grad()
-                f = features.clone().requires_grad_()
-                out = head(f, labels)
-                out.loss.backward()
-            finally:
-                bce.BCE_STEP_MIN_ELEMENTS = saved
+        for forced, threshold in (("shipped", shipped), ("bce_step", 0), ("formula", 2**62)):
+            monkeypatch.setattr(bce, "BCE_STEP_MIN_ELEMENTS", threshold)
+            head.zero_grad()
+            f = features.clone().requires_grad_()
+            out = head(f, labels)
+            out.loss.backward()
             runs[forced] = (type(out.loss.grad_fn).__name__ == "BCEStepBackward",
                             [out.loss.detach(), f.grad] + [p.grad.clone() for p in head.parameters()])
         assert runs["shipped"][0] is fast and runs["bce_step"][0] and not runs["formula"][0]

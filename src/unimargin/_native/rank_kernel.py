@@ -109,11 +109,11 @@ def count(values: np.ndarray, positives: np.ndarray, threads: int | None = None)
     # per-bucket records (value, count below, count above; rank_kernel.c rank_records): one
     # gather-friendly table for the in-place ranking. Only there: measured, the staged path
     # is slower with them (a table 1.5-3x larger than start/d per range)
-    rv = rlt = rgt = None
+    records = (None, None, None)                   # NULL: rank_count walks the bucket bounds
     if small:
         rv, rlt, rgt = np.empty(nb + 2, values.dtype), np.empty(nb + 2, np.uint32), np.empty(nb + 2, np.uint32)
-        getattr(lib, f"rank_records_{suffix}")(d.ctypes.data, c.ctypes.data, start.ctypes.data, nb, npos,
-                                               rv.ctypes.data, rlt.ctypes.data, rgt.ctypes.data)
+        records = (rv.ctypes.data, rlt.ctypes.data, rgt.ctypes.data)
+        getattr(lib, f"rank_records_{suffix}")(d.ctypes.data, c.ctypes.data, start.ctypes.data, nb, npos, *records)
     # ~RANGES ranges of 2^rshift buckets; 62: one range, ranked in place
     rshift = 62 if small else max(1, nb.bit_length() - 1 - max(0, int(RANGES).bit_length() - 1))
     line = 64 // values.itemsize                   # scores per staging line (rank_kernel.c LINE)
@@ -121,7 +121,7 @@ def count(values: np.ndarray, positives: np.ndarray, threads: int | None = None)
     total = getattr(lib, f"rank_count_{suffix}")(
         values.ctypes.data, values.size, d.ctypes.data, c.ctypes.data, start.ctypes.data, nd, npos,
         pmin, scale, nb, rshift, cap, int(ties), int(long_buckets), int(threads),
-        *((None, None, None) if rv is None else (rv.ctypes.data, rlt.ctypes.data, rgt.ctypes.data)))
+        *records)
     if total < 0:
         raise MemoryError("rank kernel: could not allocate its range buffers")
     return int(total)
